@@ -1,0 +1,170 @@
+"""The only doors between a runner and the instruments: hooks, and a `phase()` context manager.
+
+A runner (ours, or an adapter inside TRL/OpenRLHF) owns one `HookBus`:
+
+    bus = HookBus([RunLogHook(run_dir), my_profiler_hook], device="cuda")
+    bus.run_start(info)
+    for step in ...:
+        bus.begin_step(step)
+        with bus.phase("rollout", work={"mode": "gen", "tokens": n}):
+            ...
+        metrics = bus.end_step(step, epoch, metrics)   # adds time/<phase>, emits records
+    bus.run_end()
+
+Timing is always on and cheap: `time.perf_counter` on CPU; on CUDA a pair of CUDA events per
+phase entry, read once at `end_step` (one synchronisation per step instead of one per phase).
+Hooks implement any subset of the `Hook` methods; missing ones are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from rlhf_kit.events import PHASE_PARENT, TOP_LEVEL_PHASES, Alert, PhaseRecord, RunInfo, step_record
+
+
+@runtime_checkable
+class Hook(Protocol):
+    """What an instrument may listen to. Every method is optional."""
+
+    def on_run_start(self, info: RunInfo) -> None: ...
+    def on_phase_start(self, name: str, step: int) -> None: ...
+    def on_phase_end(self, record: PhaseRecord) -> None:
+        """Called live when a phase exits; `record.seconds` may still be 0 on CUDA.
+        Memory instruments add their numbers to `record.memory` here."""
+    def on_step_end(self, record: dict, phases: list[PhaseRecord]) -> None: ...
+    def on_alert(self, alert: Alert) -> None: ...
+    def on_run_end(self) -> None: ...
+
+
+class _CudaSpan:
+    """Start/end CUDA events of one phase entry; elapsed time is read later, once per step."""
+
+    def __init__(self, torch_cuda: Any):
+        self.start = torch_cuda.Event(enable_timing=True)
+        self.end = torch_cuda.Event(enable_timing=True)
+        self.start.record()
+
+    def stop(self) -> None:
+        self.end.record()
+
+    def seconds(self) -> float:
+        return self.start.elapsed_time(self.end) / 1000.0  # needs both events complete
+
+
+class HookBus:
+    """Dispatches run events to hooks and times phases.
+
+    Args:
+        hooks: instruments to notify, in order.
+        device: "cpu" or a CUDA device string; CUDA uses events instead of the host clock.
+        rank: this process's rank, stamped on every phase record.
+        timing: False turns phase timing off (for the overhead benchmark); records still flow.
+    """
+
+    def __init__(self, hooks: list[Any] | None = None, device: str = "cpu", rank: int = 0,
+                 timing: bool = True):
+        self.hooks: list[Any] = list(hooks or [])
+        self.rank = rank
+        self.timing = timing
+        self._cuda = None
+        if timing and str(device).startswith("cuda"):
+            import torch  # only the CUDA path needs torch
+
+            self._cuda = torch.cuda
+        self._t0 = time.perf_counter()
+        self._step = 0
+        self._step_start = 0.0
+        self._records: dict[str, PhaseRecord] = {}
+        self._spans: list[tuple[PhaseRecord, Any]] = []
+        self._step_span: Any = None
+
+    # ---- hook dispatch -------------------------------------------------------------
+    def add(self, hook: Any) -> None:
+        self.hooks.append(hook)
+
+    def _emit(self, method: str, *args: Any) -> None:
+        for hook in self.hooks:
+            fn = getattr(hook, method, None)
+            if fn is not None:
+                fn(*args)
+
+    def run_start(self, info: RunInfo) -> None:
+        self._t0 = time.perf_counter()
+        self._emit("on_run_start", info)
+
+    def alert(self, alert: Alert) -> None:
+        self._emit("on_alert", alert)
+
+    def run_end(self) -> None:
+        self._emit("on_run_end")
+
+    # ---- steps and phases ----------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """Start timing iteration `step`; phases entered until `end_step` belong to it."""
+        self._step = step
+        self._records = {}
+        self._spans = []
+        self._step_start = time.perf_counter()
+        self._step_span = _CudaSpan(self._cuda) if self._cuda else None
+
+    @contextmanager
+    def phase(self, name: str, work: dict | None = None) -> Iterator[PhaseRecord]:
+        """Time one entry of phase `name` within the current step.
+
+        Args:
+            name: a phase from events.PHASES (or a framework-specific name).
+            work: optional FLOP description, see PhaseRecord.work; repeated entries add up.
+        Yields:
+            The step's PhaseRecord for this name (aggregated over entries).
+        """
+        rec = self._records.get(name)
+        if rec is None:
+            rec = PhaseRecord(name=name, step=self._step, rank=self.rank,
+                              start=time.perf_counter() - self._t0, parent=PHASE_PARENT.get(name, ""))
+            self._records[name] = rec
+        if work:
+            for key, value in work.items():
+                rec.work[key] = rec.work.get(key, 0) + value if isinstance(value, (int, float)) else value
+        self._emit("on_phase_start", name, self._step)
+        span = _CudaSpan(self._cuda) if self._cuda else None
+        t = time.perf_counter()
+        try:
+            yield rec
+        finally:
+            rec.count += 1
+            if span is not None:
+                span.stop()
+                self._spans.append((rec, span))
+            elif self.timing:
+                rec.seconds += time.perf_counter() - t
+            self._emit("on_phase_end", rec)
+
+    def end_step(self, step: int, epoch: int, metrics: dict[str, float]) -> dict:
+        """Close the step: resolve timings, add `time/<phase>` and `step_seconds`, notify hooks.
+
+        Returns:
+            The train.jsonl record (a new dict; `metrics` is not modified).
+        """
+        step_seconds = time.perf_counter() - self._step_start
+        if self._cuda is not None:
+            self._step_span.stop()
+            self._step_span.end.synchronize()  # the one CPU-GPU sync per step
+            for rec, span in self._spans:
+                rec.seconds += span.seconds()
+            step_seconds = self._step_span.seconds()
+        phases = list(self._records.values())
+        timed = {f"time/{r.name}": r.seconds for r in phases} if self.timing else {}
+        if self.timing:
+            timed["step_seconds"] = step_seconds
+        record = step_record(step, epoch, {**metrics, **timed}, rank=self.rank)
+        self._emit("on_step_end", record, phases)
+        return record
+
+
+def other_seconds(record: dict) -> float:
+    """Step time not covered by any top-level phase (the `other` row of the profiler table)."""
+    covered = sum(record.get(f"time/{p}") or 0.0 for p in TOP_LEVEL_PHASES)
+    return max(0.0, (record.get("step_seconds") or 0.0) - covered)
