@@ -4,6 +4,7 @@ A runner (ours, or an adapter inside TRL/OpenRLHF) owns one `HookBus`:
 
     bus = HookBus([RunLogHook(run_dir), my_profiler_hook], device="cuda")
     bus.run_start(info)
+    bus.setup({"policy": policy, "reference": ref}, optimizer)
     for step in ...:
         bus.begin_step(step)
         with bus.phase("rollout", work={"mode": "gen", "tokens": n}):
@@ -30,11 +31,17 @@ class Hook(Protocol):
     """What an instrument may listen to. Every method is optional."""
 
     def on_run_start(self, info: RunInfo) -> None: ...
+    def on_setup(self, modules: dict[str, Any], optimizer: Any) -> None:
+        """Called once with the torch modules by role ("policy", "reference", "value",
+        "reward") and the optimizer, so memory instruments can put bytes in categories."""
+    def on_step_start(self, step: int) -> None: ...
     def on_phase_start(self, name: str, step: int) -> None: ...
     def on_phase_end(self, record: PhaseRecord) -> None:
         """Called live when a phase exits; `record.seconds` may still be 0 on CUDA.
         Memory instruments add their numbers to `record.memory` here."""
-    def on_step_end(self, record: dict, phases: list[PhaseRecord]) -> None: ...
+    def on_step_end(self, record: dict, phases: list[PhaseRecord]) -> list[Alert] | None:
+        """The step's train.jsonl record and its phase records. A monitor may return alerts:
+        the bus then passes each one to every hook's `on_alert`."""
     def on_alert(self, alert: Alert) -> None: ...
     def on_run_end(self) -> None: ...
 
@@ -95,6 +102,9 @@ class HookBus:
         self._t0 = time.perf_counter()
         self._emit("on_run_start", info)
 
+    def setup(self, modules: dict[str, Any], optimizer: Any) -> None:
+        self._emit("on_setup", modules, optimizer)
+
     def alert(self, alert: Alert) -> None:
         self._emit("on_alert", alert)
 
@@ -108,6 +118,7 @@ class HookBus:
         self._records = {}
         self._spans = []
         self._step_start = time.perf_counter()
+        self._emit("on_step_start", step)
         self._step_span = _CudaSpan(self._cuda) if self._cuda else None
 
     @contextmanager
@@ -160,7 +171,13 @@ class HookBus:
         if self.timing:
             timed["step_seconds"] = step_seconds
         record = step_record(step, epoch, {**metrics, **timed}, rank=self.rank)
-        self._emit("on_step_end", record, phases)
+        alerts = []
+        for hook in self.hooks:
+            fn = getattr(hook, "on_step_end", None)
+            if fn is not None:
+                alerts.extend(fn(record, phases) or ())
+        for alert in alerts:
+            self.alert(alert)
         return record
 
 
