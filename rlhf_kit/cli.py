@@ -14,7 +14,7 @@ from rlhf_kit.errors import UsageError, run_main
 
 # subcommand -> (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("rlhf_core.train", "main", "train PPO with the kit's runner (same flags as train.py)"),
+    "train": ("rlhf_kit.cli", "train_main", "train PPO with the kit's runner (same flags as train.py)"),
     "profile": ("rlhf_kit.profiler.cli", "main", "short training under the profiler; phase table, traces, flame graph"),
     "calibrate": ("rlhf_kit.profiler.cli", "calibrate_main", "measure this machine's matmul peak for MFU (cached)"),
     "report": ("rlhf_kit.dashboard.cli", "report_main", "write a self-contained HTML report of one or more runs"),
@@ -24,6 +24,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "openrlhf": ("rlhf_kit.adapters.openrlhf", "launch_main", "run OpenRLHF's train_ppo_ray with the kit's hooks"),
     "metrics-doc": ("rlhf_kit.cli", "metrics_doc_main", "print docs/metrics.md generated from the METRICS table"),
 }
+
+
+def instrument_hooks() -> list:
+    """The instruments every training run of the kit's runner gets."""
+    return []
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`python train.py` / `rlhf-kit train`: the runner with the default instruments attached."""
+    import rlhf_core.train as runner
+
+    runner.train(runner.parse_config(argv), hooks=instrument_hooks())
+    return 0
 
 
 def metrics_doc_main(argv: Sequence[str] | None = None) -> int:

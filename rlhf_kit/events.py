@@ -98,6 +98,7 @@ METRICS: tuple[Metric, ...] = (
     _m("kl_k3_mean", "nats", "kl", "k3 estimator (r - 1) - log r with r = pi_ref/pi, summed over tokens, mean over sequences; never negative."),
     _m("kl_k3_std", "nats", "kl", "Standard deviation over sequences of the summed k3 KL."),
     _m("kl_coef", "", "kl", "KL penalty coefficient in use this iteration (changes under the adaptive controller)."),
+    _m("kl_token_mean", "nats/token", "kl", "KL(pi || pi_ref) per response token, averaged over tokens, as a framework reports it (TRL GRPO/RLOO `kl`: k3; OpenRLHF `kl`: its --kl_estimator; veRL `actor/kl_loss`); not comparable with kl_mean, which sums over tokens.", "small and bounded"),
     # policy update
     _m("clip_fraction", "", "policy", "Share of response tokens whose ratio pi/pi_old fell outside [1-eps, 1+eps].", "0.0-0.3"),
     _m("approx_kl", "nats", "policy", "Drift per update: k3 KL(pi_old || pi) over the last mini-batch pass.", "below ~0.05"),
@@ -129,6 +130,7 @@ METRICS: tuple[Metric, ...] = (
     # time per phase (seconds, summed over repeats inside the iteration)
     *(_m(f"time/{p}", "s", "time", f"Seconds spent in the '{p}' phase this iteration"
          + (f" (inside '{PHASE_PARENT[p]}')." if p in PHASE_PARENT else ".")) for p in PHASES),
+    _m("time/make_experience", "s", "time", "Seconds of OpenRLHF's make_experience (reward, old/ref log-probs, values and advantages together) this iteration."),
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(m.group for m in METRICS))
@@ -198,7 +200,7 @@ class PhaseRecord:
         seconds: total seconds spent in it this step (summed over `count` entries).
         count: how many times it was entered this step (forward runs once per mini-batch).
         parent: the enclosing phase name, "" for top-level phases.
-        work: what it computed, for FLOPs: {"mode": "gen"|"fwd"|"fwd_bwd", "tokens": int,
+        work: what it computed, for FLOPs: {"mode": "gen"|"fwd"|"bwd"|"fwd_bwd", "tokens": int,
               "sum_t2": int (sum over sequences of length^2)}; empty when unknown.
         memory: bytes, filled by memory instruments: {"allocated", "peak", "reserved", "rss",
                 "delta", and per category "params", "grads", "optim", "activations", ...}.

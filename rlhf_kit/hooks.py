@@ -170,6 +170,7 @@ class HookBus:
         timed = {f"time/{r.name}": r.seconds for r in phases} if self.timing else {}
         if self.timing:
             timed["step_seconds"] = step_seconds
+            timed.update(throughput(phases, step_seconds))
         record = step_record(step, epoch, {**metrics, **timed}, rank=self.rank)
         alerts = []
         for hook in self.hooks:
@@ -179,6 +180,19 @@ class HookBus:
         for alert in alerts:
             self.alert(alert)
         return record
+
+
+def throughput(phases: list[PhaseRecord], step_seconds: float) -> dict[str, float]:
+    """Generated tokens per second of the step and of the generation phases alone."""
+    gen = [r for r in phases if r.work.get("mode") == "gen"]
+    tokens = sum(r.work.get("tokens", 0) for r in gen)
+    gen_seconds = sum(r.seconds for r in gen)
+    if not tokens or step_seconds <= 0:
+        return {}
+    out = {"tokens_per_second": tokens / step_seconds}
+    if gen_seconds > 0:
+        out["rollout_tokens_per_second"] = tokens / gen_seconds
+    return out
 
 
 def other_seconds(record: dict) -> float:
