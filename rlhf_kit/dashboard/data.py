@@ -1,0 +1,166 @@
+"""What the report and the live page show, as plain JSON-able data: one function of the run dir.
+
+The HTML report embeds `run_view(...)` output; the live server sends the same shapes in
+increments. Everything here is standard library only: no torch, numpy or plotly, so a run
+directory copied off a GPU box renders on a laptop.
+
+Shapes:
+    schema()   {"metrics": [{name, unit, group, meaning, healthy}], "groups": [...],
+                "phases": [...top-level...], "children": {child: parent}}
+    columns    {"step": [s0, s1, ...], "<metric>": [v0, v1, ...]}: one list per key, aligned
+               with "step", None where a record lacks the key (columnar: 10x smaller than records)
+    run_view() {"name", "info", "steps": columns, "alerts": [dict], "alerts_source",
+                "memory", "profile": {"flamegraphs", "traces", "other"},
+                "breakdown": {"rows": [dict], "bottleneck": str}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Iterable
+
+from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, TOP_LEVEL_PHASES
+from rlhf_kit.runlog import Run, RunDir
+
+# Keys of a step record that are bookkeeping, not metrics to chart.
+_NOT_METRICS = ("timestamp", "rank")
+
+
+def schema() -> dict:
+    """The METRICS table as data: chart groups, titles and legends all come from here."""
+    return {
+        "metrics": [dataclasses.asdict(m) for m in METRICS],
+        "groups": list(GROUPS),
+        "phases": list(TOP_LEVEL_PHASES),
+        "children": dict(PHASE_PARENT),
+    }
+
+
+def columns(records: Iterable[dict]) -> dict[str, list]:
+    """Step records to aligned columns, keeping only numeric values (None elsewhere).
+
+    Args:
+        records: train.jsonl dicts, in step order.
+    Returns:
+        {"step": [...], key: [...]} with every list as long as "step". A key first seen at
+        record i is padded with None for records 0..i-1.
+    """
+    cols: dict[str, list] = {"step": []}
+    n = 0
+    for rec in records:
+        for key, value in rec.items():
+            if key in _NOT_METRICS or key == "step":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                value = None
+            col = cols.get(key)
+            if col is None:
+                col = cols[key] = [None] * n
+            col.append(value)
+        cols["step"].append(rec.get("step", n))
+        n += 1
+        for col in cols.values():
+            if len(col) < n:  # a key this record lacks
+                col.append(None)
+    return cols
+
+
+def alert_dicts(alerts: Iterable[Any]) -> list[dict]:
+    """Alerts (events.Alert, another dataclass, or dicts) as plain dicts."""
+    out = []
+    for a in alerts:
+        if isinstance(a, dict):
+            out.append(a)
+        elif hasattr(a, "to_dict"):
+            out.append(a.to_dict())
+        elif dataclasses.is_dataclass(a):
+            out.append(dataclasses.asdict(a))
+    return out
+
+
+def offline_alerts(run: Run) -> list[dict]:
+    """Alerts from the stability rules run after the fact, [] when the rules are unavailable.
+
+    Used when a run recorded no alerts (a TRL run without the monitor, an old run). The
+    stability package is optional to the dashboard: a missing or failing analyzer must not
+    stop the report from rendering, so its errors turn into a warning.
+    """
+    try:
+        from rlhf_kit.stability import analyze_run
+    except ImportError:
+        return []
+    try:
+        return alert_dicts(analyze_run(run))
+    except Exception as e:  # noqa: BLE001 -- a broken rule must not take the report down
+        warnings.warn(f"offline stability analysis failed: {e}", RuntimeWarning, stacklevel=2)
+        return []
+
+
+def breakdown(run: Run) -> dict:
+    """The profiler's per-phase table and its bottleneck advice; empty when unavailable.
+
+    Returns:
+        {"rows": [PhaseRow as dict, without the per-category memory dict], "bottleneck": str}
+    """
+    try:
+        from rlhf_kit.profiler.breakdown import bottleneck, phase_breakdown
+    except ImportError:
+        return {"rows": [], "bottleneck": ""}
+    try:
+        rows = phase_breakdown(run)
+        _, advice = bottleneck(rows, run.info)
+    except Exception as e:  # noqa: BLE001 -- same reason as offline_alerts
+        warnings.warn(f"phase breakdown failed: {e}", RuntimeWarning, stacklevel=2)
+        return {"rows": [], "bottleneck": ""}
+    dicts = [{k: v for k, v in d.items() if k != "memory"} for d in alert_dicts(rows)]
+    return {"rows": dicts, "bottleneck": advice}
+
+
+def profile_files(rd: RunDir) -> dict[str, list[str]]:
+    """Files under profile/, relative to the run directory, sorted by kind.
+
+    Returns:
+        {"flamegraphs": ["profile/x.svg"], "traces": ["profile/trace_0.json"], "other": [...]}
+    """
+    out: dict[str, list[str]] = {"flamegraphs": [], "traces": [], "other": []}
+    if not rd.profile.is_dir():
+        return out
+    for p in sorted(rd.profile.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        rel = p.relative_to(rd.root).as_posix()
+        name = p.name
+        if name.endswith(".svg"):
+            out["flamegraphs"].append(rel)
+        elif name.endswith((".json", ".json.gz", ".pt.trace.json")) and "trace" in name:
+            out["traces"].append(rel)
+        else:
+            out["other"].append(rel)
+    return out
+
+
+def run_view(run: Run, analyze: bool = True) -> dict:
+    """Everything the page shows about one run.
+
+    Args:
+        run: a loaded run directory (runlog.load_run).
+        analyze: run the stability rules offline when the run recorded no alerts.
+    Returns:
+        See the module docstring; "alerts_source" is "recorded", "offline" or "none".
+    """
+    alerts = alert_dicts(run.alerts)
+    source = "recorded" if alerts else "none"
+    if not alerts and analyze and run.steps:
+        alerts = offline_alerts(run)
+        source = "offline" if alerts else "none"
+    return {
+        "name": run.name,
+        "info": run.info.to_dict() if run.info else {},
+        "steps": columns(run.steps),
+        "alerts": alerts,
+        "alerts_source": source,
+        "memory": run.memory or {},
+        "profile": profile_files(run.dir),
+        "breakdown": breakdown(run),
+    }
