@@ -139,3 +139,20 @@ def test_read_side_imports_no_torch():
     code = ("import sys, rlhf_kit.profiler.breakdown, rlhf_kit.profiler.flops, rlhf_kit.profiler.peaks; "
             "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_update_without_work_sums_its_children(tmp_path):
+    # the runner declares work on forward ("fwd") and backward ("bwd"), none on update itself:
+    # forward 2145280 + backward 2*2145280 = 6435840 FLOPs in the update's 0.3 s
+    hook = RunLogHook(RunDir(tmp_path / "r"))
+    hook.on_run_start(RunInfo(run_id="r", model=MODEL))
+    fwd = {"mode": "fwd", "tokens": 10, "sum_t2": 100}
+    phases = [PhaseRecord("update", 1, seconds=0.3, count=1),
+              PhaseRecord("forward", 1, seconds=0.1, count=1, parent="update", work=fwd),
+              PhaseRecord("backward", 1, seconds=0.15, count=1, parent="update", work=dict(fwd, mode="bwd"))]
+    hook.on_step_end(step_record(1, 0, {"time/update": 0.3, "step_seconds": 0.5}), phases)
+    hook.on_run_end()
+    rows = {r.name: r for r in bd.phase_breakdown(load_run(tmp_path / "r"), peak=1e9)}
+    assert rows["update"].gflops_per_s == pytest.approx(0.0214528)
+    assert rows["update"].tokens_per_s == pytest.approx(10 / 0.3)
+    assert rows["backward"].gflops_per_s == pytest.approx(0.0286037333)

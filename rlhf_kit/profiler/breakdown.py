@@ -126,6 +126,11 @@ def phase_breakdown(run: Any, rank: int | None = None, skip_steps: Any = None,
     for p in recs:
         by_name.setdefault(p.name, []).append(p)
     totals = {n: _totals(ps, spec) for n, ps in by_name.items()}
+    for name, t in totals.items():  # a parent without declared work did its children's work
+        kids = [totals[k] for k, ps in by_name.items() if (ps[0].parent or PHASE_PARENT.get(k)) == name]
+        if t["flops"] is None and any(k["flops"] is not None for k in kids):
+            t["flops"] = sum(k["flops"] or 0.0 for k in kids)
+            t["tokens"] = max(k["tokens"] for k in kids)
     rows = []
     for name in _phase_order(set(by_name)):
         t = totals[name]

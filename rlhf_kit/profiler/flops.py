@@ -69,7 +69,7 @@ class ModelSpec:
             n_layer=int(model["n_layer"]), hidden=hidden, vocab=int(model["vocab"]),
             n_head=n_head, n_kv_head=int(model.get("n_kv_head") or n_head), head_dim=head_dim,
             intermediate=int(model.get("intermediate") or 4 * hidden),
-            gated=bool(model.get("gated", family in ("llama", "mistral", "qwen2"))),
+            gated=bool(model.get("gated", model.get("gated_mlp", family in ("llama", "mistral", "qwen2")))),
         )
 
     @property
