@@ -97,10 +97,13 @@ def format_phases(run: Run) -> str:
     if not run.phases:
         return "  no phase records (logs/phases.jsonl is empty)"
     try:
-        from rlhf_kit.profiler.breakdown import format_table, phase_breakdown
+        from rlhf_kit.profiler.breakdown import bottleneck, format_table, phase_breakdown
     except ImportError as e:  # the profiler package is optional for the read side
         return f"  phase breakdown unavailable: {e}"
-    return "\n".join("  " + line for line in format_table(phase_breakdown(run)).splitlines())
+    rows = phase_breakdown(run)
+    lines = ["  " + line for line in format_table(rows).splitlines()]
+    phase, advice = bottleneck(rows, run.info)
+    return "\n".join(lines + ([f"  bottleneck: {advice}"] if phase else []))
 
 
 def run_alerts(run: Run, thresholds: Thresholds | None = None) -> list[Alert]:

@@ -109,11 +109,12 @@ def kl_key(history: Sequence[dict]) -> str:
 
 
 def _baseline(history: Sequence[dict], key: str, t: Thresholds) -> float | None:
-    """Median of `key` over the run's first baseline_steps records (None if not yet past them)."""
+    """Start-of-run level of `key`: the highest of its first baseline_steps values (None until past
+    them). The highest, not the median, so a collapse that happens within those steps still counts."""
     if len(history) <= t.baseline_steps:
         return None
     head = series(history[: t.baseline_steps], key)
-    return median(head) if head else None
+    return max(head) if head else None
 
 
 def make_alert(rule: str, history: Sequence[dict], severity: str, message: str, evidence: dict) -> Alert:

@@ -23,7 +23,8 @@ class Thresholds:
 
     Attributes:
         history: most records a live monitor keeps; every rule looks at most this far back.
-        baseline_steps: the first N records define the "start of run" baselines (entropy, reward std).
+        baseline_steps: the highest value over the first N records is the "start of run" baseline
+            (entropy, reward std, response length), so a collapse within those N steps still counts.
         min_history: records a running-median rule needs before it may fire (no alarms on step 0).
         median_window: the running medians (KL spike, gradient explosion) use this many earlier steps.
         kl_spike_factor: KL spike when kl_mean > factor * running median of earlier steps ...
