@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "calibrate": ("rlhf_kit.profiler.cli", "calibrate_main", "measure this machine's matmul peak for MFU (cached)"),
     "report": ("rlhf_kit.dashboard.cli", "report_main", "write a self-contained HTML report of one or more runs"),
     "dashboard": ("rlhf_kit.dashboard.cli", "dashboard_main", "serve a live local dashboard of a runs directory"),
+    "health": ("rlhf_kit.stability.cli", "main", "text report of runs: metrics, stability alerts with causes, phases"),
     "memory": ("rlhf_kit.memory.cli", "main", "predict per-model memory of a PPO setup and suggest what fits"),
     "import": ("rlhf_kit.adapters.cli", "import_main", "turn OpenRLHF TensorBoard logs or veRL JSONL into a run directory"),
     "openrlhf": ("rlhf_kit.adapters.openrlhf", "launch_main", "run OpenRLHF's train_ppo_ray with the kit's hooks"),
