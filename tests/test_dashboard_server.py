@@ -128,3 +128,22 @@ def test_serves_only_files_inside_runs_dir(serve, tmp_path):
         status, body = get(bad)
         assert status == 404, bad
         assert b"do not serve" not in body
+
+
+def test_live_offline_alerts_for_runs_without_a_monitor(serve):
+    """No alerts.jsonl lines: the server judges each new step with the stability rules."""
+    from rlhf_kit.hooks import HookBus
+    from rlhf_kit.runlog import RunDir, RunLogHook
+
+    runs, get = serve
+    bus = HookBus([RunLogHook(RunDir(runs / "quiet"))])
+    for step in range(3):
+        write_step(bus, step)
+    first = get_json(get, "/api/run/quiet?since=0")
+    assert first["alerts"] == [] and first["alerts_source"] == "none"
+    bus.begin_step(3)
+    bus.end_step(3, 0, {**metrics_at(3), "nan_count": 2, "update_skipped": 1})
+    upd = get_json(get, f"/api/run/quiet?since=3&gen={first['gen']}")
+    assert upd["alerts_source"] == "offline"
+    assert [(a["step"], a["severity"]) for a in upd["alerts"] if a["step"] == 3] == [(3, "critical")]
+    bus.run_end()

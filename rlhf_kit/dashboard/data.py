@@ -20,7 +20,7 @@ import dataclasses
 import warnings
 from typing import Any, Iterable
 
-from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, TOP_LEVEL_PHASES
+from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, TOP_LEVEL_PHASES, Alert
 from rlhf_kit.runlog import Run, RunDir
 
 # Keys of a step record that are bookkeeping, not metrics to chart.
@@ -77,6 +77,19 @@ def alert_dicts(alerts: Iterable[Any]) -> list[dict]:
         elif dataclasses.is_dataclass(a):
             out.append(dataclasses.asdict(a))
     return out
+
+
+def merged(alerts: list[dict]) -> list[dict]:
+    """alerts.jsonl lines collapsed to one per episode (stability.merge_alerts), as dicts.
+
+    The monitor writes a second line with the same (rule, step) when an episode escalates;
+    the page shows the episode once. Without the stability package the lines pass as they are.
+    """
+    try:
+        from rlhf_kit.stability import merge_alerts
+    except ImportError:
+        return alerts
+    return alert_dicts(merge_alerts([Alert.from_dict(a) for a in alerts]))
 
 
 def offline_alerts(run: Run) -> list[dict]:
@@ -149,7 +162,7 @@ def run_view(run: Run, analyze: bool = True) -> dict:
     Returns:
         See the module docstring; "alerts_source" is "recorded", "offline" or "none".
     """
-    alerts = alert_dicts(run.alerts)
+    alerts = merged(alert_dicts(run.alerts))
     source = "recorded" if alerts else "none"
     if not alerts and analyze and run.steps:
         alerts = offline_alerts(run)

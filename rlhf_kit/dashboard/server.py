@@ -8,8 +8,8 @@ Example:
     serve("runs", host="127.0.0.1", port=8050)      # then open http://127.0.0.1:8050/
 
 Known limitations:
-    - Offline stability analysis (runs without logs/alerts.jsonl) reruns over the whole run
-      whenever a step arrives; at 10,000 steps that is the largest part of an update.
+    - Runs without logs/alerts.jsonl are judged live by a StabilityMonitor fed each new step
+      once; a resumed run that re-logs steps is judged in log order (analyze_run dedupes).
     - Phase breakdown tables (profiler) are shown in the report, not on the live page.
     - No authentication: it binds 127.0.0.1 unless --host says otherwise; keep it there.
 """
@@ -24,10 +24,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rlhf_kit.dashboard.data import alert_dicts, columns, offline_alerts, profile_files, schema
+from rlhf_kit.dashboard.data import alert_dicts, columns, merged, profile_files, schema
 from rlhf_kit.dashboard.html import page, plotly_js, static_text
-from rlhf_kit.events import RunInfo
-from rlhf_kit.runlog import JsonlTail, Run, RunDir, find_runs, read_json
+from rlhf_kit.runlog import JsonlTail, RunDir, find_runs, read_json
+
+
+def new_monitor():
+    """The stability rules as a live monitor, or None when the stability package is absent."""
+    try:
+        from rlhf_kit.stability import StabilityMonitor
+    except ImportError:
+        return None
+    return StabilityMonitor()
 
 
 class RunCache:
@@ -47,7 +55,7 @@ class RunCache:
         self.train, self.alerts_tail = JsonlTail(self.rd.train_log), JsonlTail(self.rd.alerts_log)
         self.steps: list[dict] = []
         self.alerts: list[dict] = []
-        self._offline: tuple[int, list[dict]] = (-1, [])
+        self.monitor = new_monitor()  # judges each new step once: offline alerts stay incremental
 
     def _shrunk(self, tail: JsonlTail) -> bool:
         try:
@@ -59,8 +67,13 @@ class RunCache:
         """Read what was appended since the last call (only complete lines)."""
         if self._shrunk(self.train) or self._shrunk(self.alerts_tail):
             self._reset()
-        self.steps.extend(self.train.read_new())
+        new = self.train.read_new()
+        self.steps.extend(new)
         self.alerts.extend(self.alerts_tail.read_new())
+        if self.monitor is not None and not self.alerts:  # recorded alerts win; skip the work
+            for rec in new:
+                if not rec.get("rank", 0):  # the rules judge rank 0's metrics
+                    self.monitor.observe(rec)
 
     def _json(self, path: Path) -> dict:
         try:
@@ -74,10 +87,9 @@ class RunCache:
             self.refresh()
             reset = gen != self.gen
             new = self.steps if reset else self.steps[since:]
-            alerts, source = self.alerts, "recorded" if self.alerts else "none"
-            if not alerts and self.steps:
-                alerts = self._offline_alerts()
-                source = "offline" if alerts else "none"
+            alerts, source = merged(self.alerts), "recorded" if self.alerts else "none"
+            if not alerts and self.monitor is not None and self.monitor.alerts:
+                alerts, source = alert_dicts(self.monitor.alerts), "offline"
             info = self._json(self.rd.run_json)
             profile = profile_files(self.rd)
             name = self.rd.root.name
@@ -86,15 +98,6 @@ class RunCache:
             return {"name": name, "gen": self.gen, "reset": reset, "exists": True, "info": info,
                     "steps": columns(new), "alerts": alerts, "alerts_source": source,
                     "memory": self._json(self.rd.memory_json), "profile": profile, "breakdown": {"rows": [], "bottleneck": ""}}
-
-    def _offline_alerts(self) -> list[dict]:
-        n, cached = self._offline
-        if n != len(self.steps):
-            info = self._json(self.rd.run_json)
-            run = Run(dir=self.rd, info=RunInfo.from_dict(info) if info else None, steps=self.steps,
-                      phases=[], alerts=[], memory=None)
-            self._offline = (len(self.steps), alert_dicts(offline_alerts(run)))
-        return self._offline[1]
 
 
 class Dashboard:
