@@ -28,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def instrument_hooks() -> list:
-    """The instruments every training run of the kit's runner gets."""
-    return []
+    """The instruments every training run of the kit's runner gets: the live stability monitor."""
+    from rlhf_kit.stability.monitor import StabilityMonitor
+
+    return [StabilityMonitor()]
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
