@@ -70,7 +70,6 @@ class PolicyModel(nn.Module):
         self.pad_token_id = tokenizer.pad_token_id
 
     # ---- generation ---------------------------------------------------------------
-    @torch.inference_mode()
     def sample(self, prompt_ids: torch.Tensor, max_new_tokens: int = 15,
                attention_mask: torch.Tensor | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +82,12 @@ class PolicyModel(nn.Module):
             sequences (B, P + N) prompt and response; logprobs (B, N) of the sampled tokens under the
             tempered distribution (EOS padding after the first EOS gets the log-prob it was forced to).
         """
+        with torch.inference_mode():
+            sequences, logprobs = self._sample(prompt_ids, max_new_tokens, attention_mask, temperature, generator)
+        return sequences.clone(), logprobs.clone()  # normal tensors: callers may use them under autograd
+
+    def _sample(self, prompt_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None,
+                temperature: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.ones_like(prompt_ids) if attention_mask is None else attention_mask.to(prompt_ids.dtype)
         pos = position_ids(mask)
         out = self.model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)

@@ -65,7 +65,6 @@ def collect(policy: PolicyModel, reference: PolicyModel, value_fn: Callable[[Any
     with phase("rollout", work={"mode": "gen", "tokens": batch * max_new_tokens,
                                 "sum_t2": batch * (start + max_new_tokens) ** 2}):
         sequences, _ = policy.sample(prompt_ids, max_new_tokens, prompt_mask, temperature, generator)
-        sequences = sequences.clone()  # out of inference mode: autograd may save it later
         mask = response_mask(sequences[:, start:], policy.eos_token_id)                 # (B, N)
         attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()     # (B, T)
     with phase("reward"):

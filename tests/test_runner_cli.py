@@ -13,6 +13,8 @@ from conftest import ROOT, TINY, run_cli
 from rlhf_kit.events import PHASES, SEED_KEYS
 from rlhf_kit.runlog import RunDir, TornLineWarning, load_run, read_jsonl
 
+pytestmark = pytest.mark.slow
+
 TIMING_KEYS = ("timestamp", "step_seconds", "tokens_per_second", "rollout_tokens_per_second")
 
 
