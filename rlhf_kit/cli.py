@@ -15,7 +15,7 @@ from rlhf_kit.errors import UsageError, run_main
 # subcommand -> (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("rlhf_kit.cli", "train_main", "train PPO with the kit's runner (same flags as train.py)"),
-    "profile": ("rlhf_kit.profiler.cli", "main", "short training under the profiler; phase table, traces, flame graph"),
+    "profile": ("rlhf_kit.cli", "profile_main", "short training under the profiler; phase table, traces, flame graph"),
     "calibrate": ("rlhf_kit.profiler.cli", "calibrate_main", "measure this machine's matmul peak for MFU (cached)"),
     "report": ("rlhf_kit.dashboard.cli", "report_main", "write a self-contained HTML report of one or more runs"),
     "dashboard": ("rlhf_kit.dashboard.cli", "dashboard_main", "serve a live local dashboard of a runs directory"),
@@ -40,6 +40,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     runner.train(runner.parse_config(argv), hooks=instrument_hooks())
     return 0
+
+
+def profile_main(argv: Sequence[str] | None = None) -> int:
+    """`rlhf-kit profile`: the profiler gets our runner passed in (it never imports rlhf_core)."""
+    from rlhf_kit.profiler.cli import main
+
+    if argv and "--compare" in argv:  # comparing saved runs needs no runner (and no torch)
+        return main(argv)
+    import rlhf_core.train as runner
+
+    return main(argv, runner=runner)
 
 
 def metrics_doc_main(argv: Sequence[str] | None = None) -> int:
