@@ -28,6 +28,8 @@ $(RUNTIME): requirements.txt pyproject.toml
 
 $(DEV): $(RUNTIME) requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
+	# OpenRLHF's classes for the adapter hook tests; --no-deps: its Ray/vLLM/DeepSpeed need a GPU
+	$(PIP) --no-deps openrlhf==0.11.2
 	@touch $@
 
 # Debian packages the tests need (a headless browser for the dashboard tests).
