@@ -159,3 +159,12 @@ def test_openrlhf_several_runs_asks_for_one(tmp_path):
     write_openrlhf_tb(tmp_path / "tb", "b", steps=1)
     res = run_cli("import", "openrlhf", str(tmp_path / "tb"), cwd=tmp_path)
     assert res.returncode == 2 and "several TensorBoard runs (a, b)" in res.stderr
+
+
+def test_openrlhf_launcher_bad_inputs_one_line(tmp_path):
+    res = run_cli("openrlhf", cwd=tmp_path)
+    assert res.returncode == 2 and "after --" in res.stderr and len(res.stderr.splitlines()) == 1
+    # without Ray (this CPU machine) the launcher says what it needs instead of a traceback
+    res = run_cli("openrlhf", "--", "--actor.model_name_or_path", "x", cwd=tmp_path)
+    assert res.returncode == 2 and "needs OpenRLHF and Ray" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()
