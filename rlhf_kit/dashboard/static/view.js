@@ -187,14 +187,17 @@
       if (cols.length === 0) { ensure(box, "phases-none-" + ri, "p").textContent = "No phase timings logged."; return; }
       const row = ensure(box, "phases-row-" + ri, "div", "row");
       const color = (i) => PALETTE[i % PALETTE.length];
-      Plotly.react(ensure(row, "chart-phases-" + ri, "div", "chart wide"), cols.map(([p, c], i) => ({
+      // both boxes exist before either is drawn, so Plotly sizes each to its share of the row
+      const bars = ensure(row, "chart-phases-" + ri, "div", "chart wide");
+      const pie = ensure(row, "chart-phase-pie-" + ri, "div", "chart narrow");
+      Plotly.react(bars, cols.map(([p, c], i) => ({
         x: run.steps.step, y: c, type: "bar", name: p, marker: { color: color(i) },
         hovertemplate: p + " %{y:.4f} s<br>step %{x}<extra></extra>",
       })), { barmode: "stack", title: { text: "seconds per phase, per step" }, height: 320, bargap: 0.05,
         margin: { t: 40, r: 20, b: 40, l: 60 }, xaxis: { title: { text: "step" } }, yaxis: { title: { text: "s" } } },
       { responsive: true, displaylogo: false });
       const sums = cols.map(([, c]) => c.reduce((s, v) => s + (v || 0), 0));
-      Plotly.react(ensure(row, "chart-phase-pie-" + ri, "div", "chart narrow"), [{
+      Plotly.react(pie, [{
         type: "pie", labels: cols.map(([p]) => p), values: sums, sort: false, marker: { colors: cols.map((_, i) => color(i)) },
         hovertemplate: "%{label}: %{value:.3f} s (%{percent})<extra></extra>",
       }], { title: { text: "share of the run" }, height: 320, margin: { t: 40, r: 10, b: 10, l: 10 } }, { displaylogo: false });
@@ -220,24 +223,29 @@
       const box = ensure(sec, "memory-" + ri, "div", "group");
       if (!box.firstChild) box.appendChild(el("h3", { text: run.name + (mem.device ? " (" + mem.device + ")" : "") }));
       const row = ensure(box, "memory-row-" + ri, "div", "row");
-      if (mem.predicted) {
+      const hasPeak = mem.predicted_peak || mem.measured_peak || mem.measured;
+      const predDiv = mem.predicted ? ensure(row, "chart-memory-predicted-" + ri, "div", "chart half") : null;
+      const peakDiv = hasPeak ? ensure(row, "chart-memory-peak-" + ri, "div", "chart half") : null;
+      if (predDiv) {
         const phases = Object.keys(mem.predicted), parts = {};
         for (const ph of phases) for (const [role, cats] of Object.entries(mem.predicted[ph] || {}))
           for (const [cat, b] of Object.entries(cats || {})) (parts[role + " · " + cat] = parts[role + " · " + cat] || {})[ph] = b;
-        Plotly.react(ensure(row, "chart-memory-predicted-" + ri, "div", "chart half"), Object.entries(parts).map(([name, byPhase]) => ({
+        Plotly.react(predDiv, Object.entries(parts).map(([name, byPhase]) => ({
           type: "bar", name: name, x: phases, y: phases.map((ph) => (byPhase[ph] || 0) / MIB),
           hovertemplate: name + ": %{y:.1f} MiB<extra>%{x}</extra>",
-        })), { barmode: "stack", title: { text: "predicted, by model role and category" }, height: 360,
-          yaxis: { title: { text: "MiB" } }, margin: { t: 40, r: 10, b: 40, l: 60 } }, { responsive: true, displaylogo: false });
+        })), { barmode: "stack", title: { text: "predicted, by model role and category" }, height: 400,
+          xaxis: { type: "category" }, yaxis: { title: { text: "MiB" } }, legend: { orientation: "h", y: -0.15 },
+          margin: { t: 40, r: 10, b: 40, l: 60 } }, { responsive: true, displaylogo: false });
       }
-      if (mem.predicted_peak || mem.measured_peak || mem.measured) {
+      if (peakDiv) {
         const traces = [];
         for (const key of ["predicted_peak", "measured_peak"]) if (mem[key])
           traces.push({ type: "bar", name: key.replace("_", " "), x: Object.keys(mem[key]), y: Object.values(mem[key]).map((b) => b / MIB) });
         for (const [ph, cats] of Object.entries(mem.measured || {})) for (const [cat, b] of Object.entries(cats || {}))
           traces.push({ type: "bar", name: "measured " + cat, x: [ph], y: [b / MIB], legendgroup: "measured " + cat });
-        Plotly.react(ensure(row, "chart-memory-peak-" + ri, "div", "chart half"), traces, { barmode: "group",
-          title: { text: "peak per phase: predicted vs measured" }, height: 360, yaxis: { title: { text: "MiB" } },
+        Plotly.react(peakDiv, traces, { barmode: "group",
+          title: { text: "peak per phase: predicted vs measured" }, height: 400, xaxis: { type: "category" },
+          yaxis: { title: { text: "MiB" } }, legend: { orientation: "h", y: -0.15 },
           margin: { t: 40, r: 10, b: 40, l: 60 } }, { responsive: true, displaylogo: false });
       }
       const notes = (mem.notes || []).map((n) => el("li", { text: String(n) }));
