@@ -124,25 +124,21 @@ def test_live_page_survives_run_deleted(page, live_server):
 
 
 
-def test_real_tiny_run_end_to_end(page, tmp_path):
-    """Train on the embedded tiny GPT-2 with the real CLI, report it, and check every metric
-    group that the run logged has a chart holding the logged values."""
+def test_real_tiny_run_end_to_end(page, tiny_run, tmp_path):
+    """A real tiny-gpt2 run (conftest's `tiny_run`, trained by train.py), reported through the
+    CLI: every metric group the run logged has a chart holding exactly the logged values."""
     import json
     import subprocess
     import sys
 
     from rlhf_kit.events import METRIC_BY_NAME
 
-    cli = [sys.executable, "-m", "rlhf_kit.cli"]
-    res = subprocess.run(cli + ["train", "--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "2",
-                                "--max_new_tokens", "5", "--output_dir", str(tmp_path), "--run_name", "tiny"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    run_dir, out = tmp_path / "tiny", tmp_path / "report.html"
-    res = subprocess.run(cli + ["report", str(run_dir), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    out = tmp_path / "report.html"
+    res = subprocess.run([sys.executable, "-m", "rlhf_kit.cli", "report", str(tiny_run), "-o", str(out)],
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    logged = [json.loads(line) for line in (run_dir / "logs" / "train.jsonl").read_text().splitlines()]
-    assert len(logged) == 3
+    logged = [json.loads(line) for line in (tiny_run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert len(logged) == 4
     page.goto(out.as_uri())
     page.wait_for_function("document.getElementById('chart-reward') && document.getElementById('chart-reward').data")
     groups = {METRIC_BY_NAME[k].group for rec in logged for k, v in rec.items()

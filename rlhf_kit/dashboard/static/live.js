@@ -72,7 +72,7 @@
           root.replaceChildren(); // views are rebuilt for the new set of runs
           for (const n of shown) if (state[n]) state[n].gen = "";  // refetch whole runs
         });
-        return RK.el("label", { class: "run" }, [box, " " + r.name + " (" + r.framework + ", " + r.steps + " steps)"]);
+        return RK.el("label", { class: "run" }, [box, " " + r.name + " (" + r.framework + (r.steps === "?" ? "" : ", " + r.steps + " steps") + ")"]);
       }));
       if (!runs.length) nav.textContent = "No run directories here yet; this list refreshes every few seconds.";
     } catch (e) { /* the server may be restarting: try again later */ }

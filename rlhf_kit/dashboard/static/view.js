@@ -148,6 +148,8 @@
       r.name + ": " + (r.alerts || []).length + " alert(s), " + ({ recorded: "recorded during training",
         offline: "found offline by the stability rules", none: "none found" }[r.alerts_source] || "") + ". " })));
     const chart = ensure(sec, "alert-timeline", "div", "chart small");
+    chart.style.display = all.length ? "" : "none";  // an empty timeline says nothing the line above does not
+    ensure(sec, "alert-table", "table").style.display = all.length ? "" : "none";
     const y = all.map(([r, a]) => (runs.length > 1 ? r.name + " · " : "") + a.rule);
     Plotly.react(chart, [{
       x: all.map(([, a]) => a.step), y: y, type: "scatter", mode: "markers", name: "alerts",
