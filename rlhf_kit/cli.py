@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("rlhf_kit.dashboard.cli", "report_main", "write a self-contained HTML report of one or more runs"),
     "dashboard": ("rlhf_kit.dashboard.cli", "dashboard_main", "serve a live local dashboard of a runs directory"),
     "health": ("rlhf_kit.stability.cli", "main", "text report of runs: metrics, stability alerts with causes, phases"),
-    "memory": ("rlhf_kit.memory.cli", "main", "predict per-model memory of a PPO setup and suggest what fits"),
+    "memory": ("rlhf_kit.cli", "memory_main", "predict per-model memory of a PPO setup and suggest what fits"),
     "import": ("rlhf_kit.adapters.cli", "import_main", "turn OpenRLHF TensorBoard logs or veRL JSONL into a run directory"),
     "openrlhf": ("rlhf_kit.adapters.openrlhf", "launch_main", "run OpenRLHF's train_ppo_ray with the kit's hooks"),
     "metrics-doc": ("rlhf_kit.cli", "metrics_doc_main", "print docs/metrics.md generated from the METRICS table"),
@@ -60,6 +60,24 @@ def metrics_doc_main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"metrics-doc takes no arguments, got {' '.join(argv)}")
     print(metrics_markdown())
     return 0
+
+
+def memory_main(argv: Sequence[str] | None = None) -> int:
+    """`rlhf-kit memory`, with the runner's embedded presets passed in (rlhf_kit.memory never imports rlhf_core)."""
+    from rlhf_kit.memory.cli import main
+
+    def presets(name: str):
+        try:
+            from rlhf_core import models
+        except ImportError:  # the instruments work without the runner: presets are then unknown
+            return None
+        if name not in models.PRESETS and name not in models.ALIASES:
+            return None
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(models.resolve(name)[0])  # builds the preset once, cached
+
+    return main(argv, presets=presets)
 
 
 def _usage() -> str:
