@@ -201,8 +201,8 @@
       const sums = cols.map(([, c]) => c.reduce((s, v) => s + (v || 0), 0));
       Plotly.react(pie, [{
         type: "pie", labels: cols.map(([p]) => p), values: sums, sort: false, marker: { colors: cols.map((_, i) => color(i)) },
-        hovertemplate: "%{label}: %{value:.3f} s (%{percent})<extra></extra>",
-      }], { title: { text: "share of the run" }, height: 320, margin: { t: 40, r: 10, b: 10, l: 10 } }, { displaylogo: false });
+        hovertemplate: "%{label}: %{value:.3f} s (%{percent})<extra></extra>", textposition: "inside",
+      }], { title: { text: "share of the run" }, height: 320, uniformtext: { minsize: 10, mode: "hide" }, margin: { t: 40, r: 10, b: 10, l: 10 } }, { displaylogo: false });
       const rows = (run.breakdown && run.breakdown.rows) || [];
       if (rows.length) {
         const keys = Object.keys(rows[0]);
