@@ -20,7 +20,7 @@ from rlhf_core import advantages as A
 from rlhf_core.config import TrainConfig
 from rlhf_core.policy import PolicyModel, SeparateCritic, ValueHead
 from rlhf_core.reward import ToyRewardModel
-from rlhf_core.rollout import Rollout, collect
+from rlhf_core.rollout import Rollout, collect, sum_t2
 from rlhf_kit.errors import UsageError
 from rlhf_kit.hooks import HookBus
 
@@ -125,10 +125,10 @@ class PPOTrainer:
             order = torch.randperm(batch, generator=self.shuffle).to(self.device)
             for i in range(0, batch, mb_size):
                 mb = r.select(order[i:i + mb_size])
-                tokens = int(mb.attention_mask.numel())
-                with self.bus.phase("forward", work={"mode": "fwd", "tokens": tokens}):
+                work = {"tokens": int(mb.attention_mask.numel()), "sum_t2": sum_t2(mb.attention_mask)}
+                with self.bus.phase("forward", work={"mode": "fwd", **work}):
                     stats = self._losses(mb)
-                with self.bus.phase("backward", work={"mode": "bwd", "tokens": tokens}):
+                with self.bus.phase("backward", work={"mode": "bwd", **work}):
                     stats["loss"].backward()
                 with self.bus.phase("optimizer"):
                     stats.update(self._optimizer_step(stats.pop("loss")))
