@@ -25,6 +25,24 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def assert_report_shows(run_dir: Path, tmp: Path, keys: tuple[str, ...], phases: tuple[str, ...]) -> None:
+    """`rlhf-kit report` on the run succeeds, and the report's data has these series and phases.
+
+    The HTML embeds the whole METRICS table, so a name in the HTML proves nothing: the check
+    reads the report's data layer (the dict the HTML is drawn from) instead.
+    """
+    from rlhf_kit.dashboard.data import run_view
+
+    out = tmp / f"{run_dir.name}.html"
+    res = run_cli("report", str(run_dir), "-o", str(out), cwd=tmp)
+    assert res.returncode == 0 and out.stat().st_size > 0, res.stderr
+    view = run_view(load_run(run_dir))
+    for key in keys:
+        assert any(isinstance(v, float) for v in view["steps"].get(key, [])), key
+    shown = {row["name"] for row in view["breakdown"]["rows"] if row["ms"]}
+    assert set(phases) <= shown, (phases, shown)
+
+
 # ---- shared mapping rules ----------------------------------------------------------------
 def test_map_metrics_renames_sums_times_and_keeps_extras():
     raw = {"train/timing_s/update_actor": 1.5, "timing_s/update_critic": 0.25, "actor/pg_loss": -0.1,
@@ -75,6 +93,7 @@ def test_verl_import_end_to_end(tmp_path):
     phases = {p.name: p.seconds for p in run.phases if p.step == 3}
     assert phases == pytest.approx({"rollout": 2.0, "reward": 0.5, "old_logprobs": 0.4, "ref_logprobs": 0.3,
                                     "values": 0.2, "advantages": 0.05, "update": 1.6})
+    assert_report_shows(out, tmp_path, ("reward_mean", "kl_token_mean", "entropy"), ("rollout", "update", "reward"))
 
 
 def test_verl_import_bad_inputs_one_line(tmp_path):
@@ -130,6 +149,8 @@ def test_openrlhf_import_end_to_end(tmp_path):
     assert "eval/eval_pass1" not in s and "generated_samples" not in s
     phases = {p.name: p.seconds for p in run.phases if p.step == 2}
     assert phases == pytest.approx({"rollout": 6.0, "make_experience": 3.0, "update": 4.0, "comm": 0.5})
+    assert_report_shows(run.dir.root, tmp_path, ("reward_mean", "kl_token_mean", "entropy"),
+                        ("rollout", "make_experience", "update", "comm"))
 
 
 def test_openrlhf_empty_and_torn_event_files(tmp_path):

@@ -101,8 +101,14 @@ def test_grpo_alerts_and_report(grpo_run, tmp_path):
     res = subprocess.run([sys.executable, "-m", "rlhf_kit.cli", "report", str(grpo_run), "-o", str(out)],
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
-    html = out.read_text()
-    assert "kl_token_mean" in html and "rollout" in html and "test_rule" in html
+    from rlhf_kit.dashboard.data import run_view  # the data the HTML is drawn from
+
+    view = run_view(run)
+    for key in ("reward_mean", "kl_token_mean", "entropy"):
+        assert any(isinstance(v, float) for v in view["steps"][key]), key
+    shown = {row["name"] for row in view["breakdown"]["rows"] if row["ms"]}
+    assert {"rollout", "reward", "ref_logprobs", "update"} <= shown
+    assert [a["rule"] for a in view["alerts"]] == ["test_rule"] * 3
 
 
 def test_profiling_capture_removed_after_training(grpo_run):
