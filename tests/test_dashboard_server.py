@@ -147,3 +147,29 @@ def test_live_offline_alerts_for_runs_without_a_monitor(serve):
     assert upd["alerts_source"] == "offline"
     assert [(a["step"], a["severity"]) for a in upd["alerts"] if a["step"] == 3] == [(3, "critical")]
     bus.run_end()
+
+
+def test_dashboard_cli_serves_and_stops_on_ctrl_c(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    make_run(tmp_path, "cli_run", steps=2, alert_at=None)
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_kit.cli", "dashboard", str(tmp_path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert m, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=10)
+        conn.request("GET", "/api/runs")
+        assert [r["name"] for r in json.loads(conn.getresponse().read())] == ["cli_run"]
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

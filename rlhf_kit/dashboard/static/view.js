@@ -267,7 +267,8 @@
         el("figcaption", {}, [run.name + ": ", el("a", { href: href[f] || f, text: f })])]));
       for (const f of prof.traces || []) items.push(el("p", {}, [run.name + ": trace ", el("a", { href: href[f] || f, text: f }),
         " — open it in ui.perfetto.dev (Open trace file) or chrome://tracing."]));
-      for (const f of prof.other || []) items.push(el("p", {}, [run.name + ": ", el("a", { href: href[f] || f, text: f })]));
+      for (const f of prof.other || []) items.push(el("p", {}, [run.name + ": ", el("a", { href: href[f] || f, text: f }),
+        /speedscope/.test(f) ? " — drop it on www.speedscope.app" : /stacks|\.folded$/.test(f) ? " — folded stacks (flamegraph.pl, inferno)" : ""]));
     }
     if (!items.length) items.push(el("p", { text: "No profile/ files (run `rlhf-kit profile` to record traces and a flame graph)." }));
     ensure(sec, "profile-list", "div").replaceChildren(...items);
