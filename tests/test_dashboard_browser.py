@@ -13,6 +13,7 @@ from test_dashboard_helpers import make_run, metrics_at, write_step
 
 from rlhf_kit.dashboard.report import write_report
 from rlhf_kit.dashboard.server import make_server
+from rlhf_kit.runlog import write_json_atomic
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -73,12 +74,20 @@ def test_report_shows_logged_points_and_alert(page, tmp_path):
 
 def test_report_overlays_runs(page, tmp_path):
     a, _, _ = make_run(tmp_path, "run_a", steps=4, alert_at=None)
-    b, _, _ = make_run(tmp_path, "run_b", steps=6, alert_at=None)
+    b, _, _ = make_run(tmp_path, "run_b", steps=6, alert_at=None, memory=False)
+    # a measured-only memory.json, as the memory hook writes it when it cannot predict
+    write_json_atomic(b.memory_json, {"config": {}, "predicted": {}, "predicted_peak": {},
+                                      "measured_peak": {"rollout": 3 << 20}, "device": "cpu", "notes": []})
     out = write_report([a.root, b.root], tmp_path / "report.html")
     page.goto(out.as_uri())
     page.wait_for_function("document.getElementById('chart-reward') && document.getElementById('chart-reward').data")
     assert len(trace_y(page, "chart-reward", "run_a · reward_mean")) == 4
     assert len(trace_y(page, "chart-reward", "run_b · reward_mean")) == 6
+    # the config table puts the runs side by side
+    assert page.locator("#config-table tr").first.inner_text().split("\t")[1:] == ["run_a", "run_b"]
+    # run_b (index 1): no predicted chart, a measured-peak bar of 3 MiB
+    assert page.locator("#chart-memory-predicted-1").count() == 0
+    assert trace_y(page, "chart-memory-peak-1", "measured peak") == [3.0]
 
 
 @pytest.fixture

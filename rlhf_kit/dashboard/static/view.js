@@ -225,8 +225,9 @@
       const box = ensure(sec, "memory-" + ri, "div", "group");
       if (!box.firstChild) box.appendChild(el("h3", { text: run.name + (mem.device ? " (" + mem.device + ")" : "") }));
       const row = ensure(box, "memory-row-" + ri, "div", "row");
-      const hasPeak = mem.predicted_peak || mem.measured_peak || mem.measured;
-      const predDiv = mem.predicted ? ensure(row, "chart-memory-predicted-" + ri, "div", "chart half") : null;
+      const full = (o) => !!o && Object.keys(o).length > 0;  // the writer leaves {} for what it skipped
+      const hasPeak = full(mem.predicted_peak) || full(mem.measured_peak) || full(mem.measured);
+      const predDiv = full(mem.predicted) ? ensure(row, "chart-memory-predicted-" + ri, "div", "chart half") : null;
       const peakDiv = hasPeak ? ensure(row, "chart-memory-peak-" + ri, "div", "chart half") : null;
       if (predDiv) {
         const phases = Object.keys(mem.predicted), parts = {};
@@ -241,7 +242,7 @@
       }
       if (peakDiv) {
         const traces = [];
-        for (const key of ["predicted_peak", "measured_peak"]) if (mem[key])
+        for (const key of ["predicted_peak", "measured_peak"]) if (full(mem[key]))
           traces.push({ type: "bar", name: key.replace("_", " "), x: Object.keys(mem[key]), y: Object.values(mem[key]).map((b) => b / MIB) });
         for (const [ph, cats] of Object.entries(mem.measured || {})) for (const [cat, b] of Object.entries(cats || {}))
           traces.push({ type: "bar", name: "measured " + cat, x: [ph], y: [b / MIB], legendgroup: "measured " + cat });
