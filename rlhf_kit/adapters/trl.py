@@ -19,7 +19,8 @@ supplies the norm the optimizer is about to apply (after any clipping).
 
 Known limitations:
     - Tested: GRPO on TRL 1.16, PPOTrainer on TRL 1.12 (no profiling contexts there: its
-      helpers are timed instead, see trl_ppo.py). RLOO shares GRPO's keys and contexts, untested.
+      helpers are timed instead, see trl_ppo.py). RLOO (GRPO's keys and contexts) was run by
+      hand only.
     - Only the main process writes; other ranks' phases are not recorded.
     - backward has no phase of its own (TRL does not time it): it is inside `update`.
     - With PEFT and no separate reference model, a reference pass that runs without an earlier
