@@ -81,3 +81,20 @@ def test_torn_last_line_is_skipped(tmp_path):
         warnings.simplefilter("ignore")
         view = run_view(load_run(rd.root))
     assert view["steps"]["step"] == [0, 1, 2]
+
+
+def test_non_finite_values_become_gaps(tmp_path):
+    """Another tool may write NaN/Infinity (Python's json reads them); the page gets null."""
+    import json
+
+    from rlhf_kit.dashboard.html import script_json
+
+    rd, _, _ = make_run(tmp_path, steps=2, alert_at=None, memory=False, profile=False)
+    with open(rd.train_log, "a") as f:
+        f.write('{"step": 2, "reward_mean": NaN, "kl_mean": Infinity}\n')
+    with open(rd.alerts_log, "a") as f:
+        f.write('{"rule": "x", "severity": "info", "step": 2, "message": "m", "evidence": {"v": NaN}}\n')
+    view = run_view(load_run(rd.root))
+    assert view["steps"]["reward_mean"][2] is None and view["steps"]["kl_mean"][2] is None
+    back = json.loads(script_json([view]))  # strict: would raise on NaN
+    assert back[0]["alerts"][0]["evidence"] == {"v": None}

@@ -46,9 +46,9 @@ def test_report_is_self_contained_and_holds_the_logged_data(tmp_path):
     assert prof["href"]["profile/trace_0.json"] == "../runs/run_a/profile/trace_0.json"
 
 
-def test_report_does_not_import_torch(tmp_path):
+def test_read_side_does_not_import_torch(tmp_path):
     rd, _, _ = make_run(tmp_path, steps=3)
-    code = ("import sys; from rlhf_kit.dashboard.report import write_report; "
+    code = ("import sys; from rlhf_kit.dashboard.report import write_report; import rlhf_kit.dashboard.server; "
             f"write_report([{str(rd.root)!r}], {str(tmp_path / 'r.html')!r}); "
             "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

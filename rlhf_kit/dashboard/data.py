@@ -17,6 +17,7 @@ Shapes:
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any, Iterable
 
@@ -52,8 +53,8 @@ def columns(records: Iterable[dict]) -> dict[str, list]:
         for key, value in rec.items():
             if key in _NOT_METRICS or key == "step":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                value = None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                value = None  # JSON has no NaN/Inf; a gap in the line shows it (nan_count says why)
             col = cols.get(key)
             if col is None:
                 col = cols[key] = [None] * n
@@ -64,6 +65,20 @@ def columns(records: Iterable[dict]) -> dict[str, list]:
             if len(col) < n:  # a key this record lacks
                 col.append(None)
     return cols
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN/Inf float replaced by None, recursively (JSON cannot carry them).
+
+    Only used when plain encoding failed: a run directory written by other tools may hold them.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def alert_dicts(alerts: Iterable[Any]) -> list[dict]:

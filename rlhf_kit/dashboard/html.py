@@ -12,6 +12,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from rlhf_kit.dashboard.data import finite
+
 STATIC = Path(__file__).parent / "static"
 
 _STYLE = """
@@ -45,7 +47,10 @@ def static_text(name: str) -> str:
 
 def script_json(data: object) -> str:
     """JSON safe inside <script type="application/json">: no `</script>` can end it early."""
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"), default=str)
+    try:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"), default=str)
+    except ValueError:  # a NaN/Inf somewhere outside the metric columns
+        text = json.dumps(finite(data), allow_nan=False, separators=(",", ":"), default=str)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rlhf_kit.dashboard.data import alert_dicts, columns, merged, profile_files, schema
+from rlhf_kit.dashboard.data import alert_dicts, columns, finite, merged, profile_files, schema
 from rlhf_kit.dashboard.html import page, plotly_js, static_text
 from rlhf_kit.runlog import JsonlTail, RunDir, find_runs, read_json
 
@@ -178,7 +178,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, data: object, status: int = 200) -> None:
-        self._send(json.dumps(data, allow_nan=False, separators=(",", ":"), default=str).encode(), "application/json", status)
+        try:
+            text = json.dumps(data, allow_nan=False, separators=(",", ":"), default=str)
+        except ValueError:  # NaN/Inf written by some other tool: send null, the browser's JSON has no NaN
+            text = json.dumps(finite(data), allow_nan=False, separators=(",", ":"), default=str)
+        self._send(text.encode(), "application/json", status)
 
     def _not_found(self) -> None:
         self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
