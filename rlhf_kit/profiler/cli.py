@@ -122,6 +122,7 @@ def report(run: Any) -> str:
              f"Phases cover {100 - other.pct:.1f}% of the step; the remaining {other.ms:.2f} ms is `other`."]
     phase, advice = bd.bottleneck(rows, run.info)
     lines += ["", f"Bottleneck: {phase}. {advice}"]
+    lines += rank_lines(run)
     mem = update_memory(run, meta.get("memory_step"))
     if mem:
         cats = ", ".join(f"{k} {mem[k] / MiB:,.2f}" for k in ("params", "grads", "optim", "activations_peak") if k in mem)
@@ -135,6 +136,17 @@ def report(run: Any) -> str:
                   f"  {files['speedscope']}  -> drop on https://www.speedscope.app",
                   f"  {files['stacks']}  -> folded stacks for flamegraph.pl / inferno"]
     return "\n".join(lines)
+
+
+def rank_lines(run: Any) -> list[str]:
+    """The per-rank table and straggler sentence of a multi-rank run ([] for one rank)."""
+    from rlhf_kit.profiler import ranks
+
+    rows = ranks.rank_breakdown(run)
+    if not rows:
+        return []
+    return ["", "Per rank (ms per step; a fast rank's waiting shows up in comm):", "",
+            ranks.format_ranks(rows, ranks.straggler(run))]
 
 
 def update_memory(run: Any, step: int | None) -> dict | None:

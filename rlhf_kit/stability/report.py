@@ -103,7 +103,13 @@ def format_phases(run: Run) -> str:
     rows = phase_breakdown(run)
     lines = ["  " + line for line in format_table(rows).splitlines()]
     phase, advice = bottleneck(rows, run.info)
-    return "\n".join(lines + ([f"  bottleneck: {advice}"] if phase else []))
+    lines += [f"  bottleneck: {advice}"] if phase else []
+    from rlhf_kit.profiler.ranks import format_ranks, rank_breakdown, straggler
+
+    per_rank = rank_breakdown(run)
+    if per_rank:  # multi-rank run: where each rank's time goes, and who the others wait for
+        lines += ["", "  Per rank (ms per step)"] + ["  " + l for l in format_ranks(per_rank, straggler(run)).splitlines()]
+    return "\n".join(lines)
 
 
 def run_alerts(run: Run, thresholds: Thresholds | None = None) -> list[Alert]:
