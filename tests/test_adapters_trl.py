@@ -34,6 +34,7 @@ def grpo_run(tmp_path_factory) -> Path:
 
     from rlhf_core.models import resolve
     from rlhf_kit.adapters.trl import RLHFKitCallback
+    from rlhf_kit.profiler.trace import TraceHook
 
     tmp = tmp_path_factory.mktemp("trl")
     path, _ = resolve("tiny-gpt2")
@@ -50,7 +51,9 @@ def grpo_run(tmp_path_factory) -> Path:
                       num_generations=2, max_completion_length=4, num_iterations=2, beta=0.04,
                       logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
                       learning_rate=1e-3, dataloader_num_workers=0, disable_tqdm=True, seed=0)
-    cb = RLHFKitCallback(output_dir=str(tmp / "runs"), run_name="grpo", hooks=[EveryStepAlert()])
+    # the kit's torch.profiler window (another instrument), driven by this callback's steps: traces step 2
+    trace = TraceHook(lambda info: tmp / "runs" / info.run_id / "profile", wait=0, warmup=1, active=1)
+    cb = RLHFKitCallback(output_dir=str(tmp / "runs"), run_name="grpo", hooks=[EveryStepAlert(), trace])
     trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=data,
                           processing_class=tok, callbacks=[cb])
     trainer.train()
@@ -109,6 +112,15 @@ def test_grpo_alerts_and_report(grpo_run, tmp_path):
     shown = {row["name"] for row in view["breakdown"]["rows"] if row["ms"]}
     assert {"rollout", "reward", "ref_logprobs", "update"} <= shown
     assert [a["rule"] for a in view["alerts"]] == ["test_rule"] * 3
+
+
+def test_torch_profiler_window_labels_trl_phases(grpo_run):
+    import json
+
+    traces = sorted((grpo_run / "profile").glob("trace_*.json"))
+    assert len(traces) == 1
+    names = {ev.get("name") for ev in json.loads(traces[0].read_text())["traceEvents"]}
+    assert {"rlhf/update", "rlhf/forward", "rlhf/optimizer"} <= names
 
 
 def test_profiling_capture_removed_after_training(grpo_run):

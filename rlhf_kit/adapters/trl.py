@@ -187,7 +187,9 @@ class RLHFKitCallback(TrainerCallback):
     Args:
         output_dir: parent of the run directory (default "runs").
         run_name: run directory name (default trl_<YYYYmmdd_HHMMSS>; _2, _3... if taken).
-        hooks: extra kit instruments (profiler, memory) to attach next to the run log.
+        hooks: extra kit instruments to attach next to the run log, e.g. a torch.profiler window
+            driven by the step ends: `TraceHook(lambda info: Path("runs") / info.run_id / "profile")`
+            (rlhf_kit.profiler.trace).
         monitor: attach the stability monitor when installed (alerts.jsonl).
         tensorboard: also write the kit's TensorBoard scalars under <run>/tb.
 
@@ -348,7 +350,7 @@ class RLHFKitCallback(TrainerCallback):
         if self.bus is None:
             return
         self._begin()  # a step with no phase at all still gets its record
-        for name in list(self._open):
+        for name in reversed(list(self._open)):  # innermost first: instruments' ranges nest
             self._leave(name)
         self._pending, self._step_open = state.global_step, False
         if self._early_logs is not None:  # PPO logged before ending the step
