@@ -168,6 +168,10 @@ def model_facts(model: Any) -> dict:
         "intermediate": getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * hidden,
         "tied": bool(getattr(c, "tie_word_embeddings", True)),
         "n_params": sum(p.numel() for p in model.parameters()),
+        # the keys the profiler's FLOP model reads for Llama-style models (GQA, gated MLP)
+        "n_kv_head": getattr(c, "num_key_value_heads", None) or n_head,
+        "head_dim": getattr(c, "head_dim", None) or (hidden // n_head if n_head else 0),
+        "gated_mlp": getattr(c, "model_type", "") != "gpt2",
         "model_type": getattr(c, "model_type", ""),
     }
 
