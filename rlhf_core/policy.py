@@ -23,9 +23,24 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token]: (B, N, V), (B, N) -> (B, N). Computed in float32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits)[token]: (..., V), (...) -> (...). Computed in float32.
+
+    logit[token] - logsumexp(logits) reads the vocabulary once and writes no (..., V) tensor, where
+    log_softmax would materialise one only to pick a single entry per position.
+    """
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from softmax(logits): (B, V) -> (B,).
+
+    The exponential race argmax(p / E), E ~ Exp(1) (the Gumbel-max trick in another form; what
+    torch.multinomial does internally for one draw) samples exactly from softmax(logits) without
+    first materialising the normalised probabilities.
+    """
+    race = torch.empty_like(logits, dtype=torch.float32).exponential_(1.0, generator=generator)
+    return torch.argmax(logits.float() - race.log_(), dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -95,11 +110,11 @@ class PolicyModel(nn.Module):
         done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         tokens, logps = [], []
         for t in range(max_new_tokens):
-            logp = torch.log_softmax(logits.float() / temperature, dim=-1)               # (B, V)
-            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)   # (B,)
+            scaled = logits.float() / temperature                                        # (B, V)
+            nxt = sample_tokens(scaled, generator)                                       # (B,)
             nxt = torch.where(done, torch.full_like(nxt, self.eos_token_id), nxt)
             tokens.append(nxt)
-            logps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+            logps.append(gather_logprobs(scaled, nxt))
             done |= nxt == self.eos_token_id
             if t == max_new_tokens - 1:
                 break
@@ -197,4 +212,4 @@ class SeparateCritic(nn.Module):
 
 
 __all__ = ["PolicyModel", "ValueHead", "SeparateCritic", "Scores", "position_ids", "gather_logprobs",
-           "entropy_from_logits"]
+           "sample_tokens", "entropy_from_logits"]
