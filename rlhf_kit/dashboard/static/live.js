@@ -28,7 +28,11 @@
     const gen = cur ? cur.gen : "";
     const resp = await fetch("/api/run/" + encodeURIComponent(name) + "?since=" + since + "&gen=" + encodeURIComponent(gen),
       { cache: "no-store" });
-    if (resp.status === 404) { if (cur) cur.gone = true; return !!cur; }
+    if (resp.status === 404) {  // run directory deleted: keep what is shown, say so once
+      if (!cur || cur.gone) return false;
+      cur.gone = true;
+      return true;
+    }
     const upd = await resp.json();
     if (!cur || upd.reset) { state[name] = Object.assign(upd, { gone: false }); return true; }
     const changed = upd.steps.step.length > 0 || upd.alerts.length !== cur.alerts.length ||

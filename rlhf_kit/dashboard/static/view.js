@@ -218,7 +218,7 @@
     const withMem = runs.map((r, i) => [r, i]).filter(([r]) => r.memory && Object.keys(r.memory).length);
     const sec = ensure(root, "rk-memory", "section");
     if (!sec.firstChild) sec.appendChild(el("h2", { text: "Where the memory goes" }));
-    if (!withMem.length) { ensure(sec, "memory-none", "p").textContent = "No memory.json in this run (run `rlhf-kit memory` or train with the memory instrument)."; return; }
+    if (!withMem.length) { ensure(sec, "memory-none", "p").textContent = "No memory.json in this run (the memory instrument, rlhf_kit.memory, writes it during training)."; return; }
     const none = document.getElementById("memory-none"); if (none) none.remove();
     for (const [run, ri] of withMem) {
       const mem = run.memory;
