@@ -44,6 +44,8 @@ class PPOTrainer:
         metrics = trainer.train_step(["The movie was"], max_new_tokens=20)
     """
 
+    world_size: int = 1  # data-parallel ranks sharing each batch (rlhf_core.distributed.DDPPPOTrainer sets it)
+
     def __init__(self, policy_model: PolicyModel, reference_model: PolicyModel, reward_model: ToyRewardModel,
                  device: str = "cpu", config: TrainConfig | None = None, hooks: HookBus | None = None):
         self.cfg = config or TrainConfig()
@@ -84,22 +86,30 @@ class PPOTrainer:
                        critic_forward=not isinstance(self.value_model, ValueHead))
 
     # ---- step 2 ---------------------------------------------------------------------
-    def compute_advantages(self, r: Rollout) -> dict[str, torch.Tensor]:
-        """Fill r.advantages / r.returns; return the KL statistics of the batch."""
+    def compute_advantages(self, r: Rollout, whiten: bool = True) -> dict[str, torch.Tensor]:
+        """Fill r.advantages / r.returns; return the KL statistics of the batch.
+
+        whiten=False leaves the advantages raw (data-parallel ranks whiten with global statistics)."""
         p = self.cfg.ppo
         k1, k1_sum, k3_sum = A.kl_estimators(r.logprobs, r.ref_logprobs, r.mask)   # (B, N), (B,), (B,)
         scores = torch.nan_to_num(r.scores, nan=0.0, posinf=0.0, neginf=0.0)       # a bad reward must not poison GAE
         rewards = A.shaped_rewards(scores, k1, r.mask, self.kl_ctl.value)           # (B, N)
         adv, r.returns = A.gae(rewards, r.values, r.mask, p.gamma, p.lam)           # (B, N), (B, N)
-        r.advantages = A.masked_whiten(adv, r.mask) if p.whiten_advantages else adv
+        r.advantages = A.masked_whiten(adv, r.mask) if p.whiten_advantages and whiten else adv
         return {"k1_sum": k1_sum, "k3_sum": k3_sum}
 
     # ---- step 3 ---------------------------------------------------------------------
-    def _losses(self, mb: Rollout) -> dict[str, torch.Tensor]:
-        p, temp = self.cfg.ppo, self.cfg.rollout.temperature
+    def _score_update(self, mb: Rollout) -> tuple[Any, torch.Tensor]:
+        """The update's forward: policy Scores (log-probs, entropy) and values (B, N) of a mini-batch."""
         head = isinstance(self.value_model, ValueHead)
-        s = self.policy.score(mb.sequences, mb.attention_mask, mb.response_start, temp, with_entropy=True, with_hidden=head)
+        s = self.policy.score(mb.sequences, mb.attention_mask, mb.response_start, self.cfg.rollout.temperature,
+                              with_entropy=True, with_hidden=head)
         values = self.value_model(s.hidden) if head else self.value_model(mb.sequences, mb.attention_mask, mb.response_start)
+        return s, values
+
+    def _losses(self, mb: Rollout) -> dict[str, torch.Tensor]:
+        p = self.cfg.ppo
+        s, values = self._score_update(mb)
         pl = A.policy_loss(s.logprobs, mb.logprobs, mb.advantages, mb.mask, p.clip_range)
         vl, vclip = A.value_loss(values, mb.values, mb.returns, mb.mask, p.clip_range_value)
         entropy = A.masked_mean(s.entropy, mb.mask)
@@ -118,7 +128,7 @@ class PPOTrainer:
     def update(self, r: Rollout) -> dict[str, torch.Tensor]:
         """PPO epochs over shuffled mini-batches. Returns per-mini-batch stats stacked: name -> (M,)."""
         p, batch = self.cfg.ppo, r.sequences.shape[0]
-        mb_size = self.cfg.mini_batch
+        mb_size = self.cfg.mini_batch // self.world_size  # config sizes are global; this rank's share
         before = [t.detach().clone() for t in self.params]  # for the update-to-weight ratio
         rows: list[dict[str, torch.Tensor]] = []
         for _epoch in range(p.ppo_epochs):

@@ -93,10 +93,10 @@ def _lines(path: Path) -> list[str]:
 class ConsoleHook:
     """The seed's console lines, printed above a progress bar."""
 
-    def __init__(self, cfg: TrainConfig, total: int, initial: int):
+    def __init__(self, cfg: TrainConfig, total: int, initial: int, show_bar: bool = True):
         self.cfg = cfg
         self.bar = None
-        if cfg.run.progress:
+        if cfg.run.progress and show_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="PPO", unit="step", file=sys.stderr,
@@ -147,49 +147,63 @@ def versions() -> dict[str, str]:
 
 
 def train(cfg: TrainConfig, hooks: Sequence[Any] = (), timing: bool = True) -> RunDir:
-    """Run PPO as configured. Returns the run directory it wrote."""
+    """Run PPO as configured; under torchrun, this rank's part of data-parallel PPO. Returns the run directory."""
+    from rlhf_core.distributed import init_distributed
+
+    dist = init_distributed(cfg, resolve_device(cfg.run.device))  # one process: a no-op context
+    try:
+        with dist.quiet_unless_main():
+            return _train(cfg, hooks, timing, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, hooks: Sequence[Any], timing: bool, dist: Any) -> RunDir:
     import torch
 
     from rlhf_core.models import model_spec
     from rlhf_core.policy import PolicyModel
-    from rlhf_core.ppo import PPOTrainer, set_seed
+    from rlhf_core.distributed import make_trainer
+    from rlhf_core.ppo import set_seed
     from rlhf_core.reward import ToyRewardModel
 
-    device = resolve_device(cfg.run.device)
+    device = dist.device
     checkpoint = find_checkpoint(cfg.run.resume, cfg.run.output_dir) if cfg.run.resume else None
-    run_dir = prepare_run_dir(cfg, checkpoint)
+    run_dir = dist.from_main(lambda: prepare_run_dir(cfg, checkpoint))  # one directory for all ranks
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     set_seed(cfg.run.seed)
     print(f"Starting RLHF training run: {run_dir.root}\nDevice: {device}, Seed: {cfg.run.seed}")
 
     policy = PolicyModel(cfg.model.model_name, device)
-    trainer = PPOTrainer(policy, policy.frozen_copy(), ToyRewardModel(device, tokenizer=policy.tokenizer),
-                         device, config=cfg)
+    trainer = make_trainer(dist, policy, policy.frozen_copy(), ToyRewardModel(device, tokenizer=policy.tokenizer),
+                           device, config=cfg)
     start_step = 0
     if checkpoint is not None:
         start_step = trainer.load_checkpoint(str(checkpoint))["step"]
-        set_aside_later_steps(run_dir, start_step)
+        if dist.is_main:
+            set_aside_later_steps(run_dir, start_step)
         print(f"Resumed from {checkpoint} at step {start_step}")
     print("Models initialized successfully")
     print(f"Created {len(PROMPTS)} sample prompts")
 
     total = cfg.run.epochs * cfg.run.steps_per_epoch
     print("\nStarting training loop...")
-    console = ConsoleHook(cfg, total, start_step)
-    sinks: list[Any] = [RunLogHook(run_dir)]
-    if cfg.run.tensorboard:
+    console = ConsoleHook(cfg, total, start_step, show_bar=dist.is_main)
+    dist.barrier()  # rank 0 has set aside old log lines before any rank opens the logs
+    sinks: list[Any] = [RunLogHook(run_dir, write_steps=dist.is_main)]
+    if cfg.run.tensorboard and dist.is_main:
         sinks.append(TensorBoardHook(run_dir.tb, purge_step=start_step + 1 if start_step else None))
-    bus = HookBus([*sinks, console, *hooks], device=device, timing=timing)
+    bus = HookBus([*sinks, console, *hooks], device=device, rank=dist.rank, timing=timing)
     trainer.bus = bus
     bus.run_start(RunInfo(run_id=run_dir.root.name, config=cfg.to_dict(), model=model_spec(policy.model),
                           device=device, device_name=torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-                          versions=versions()))
+                          versions=versions(), world_size=dist.world_size))
     bus.setup(trainer.modules(), trainer.optimizer)
 
     t0 = time.perf_counter()
     try:
-        _loop(cfg, trainer, bus, console, run_dir, start_step, total)
+        _loop(cfg, trainer, bus, console, run_dir, start_step, total, dist)
     finally:
         bus.run_end()
     print(f"\nTraining completed successfully!\nTotal time: {time.perf_counter() - t0:.2f} seconds\n"
@@ -199,17 +213,20 @@ def train(cfg: TrainConfig, hooks: Sequence[Any] = (), timing: bool = True) -> R
 
 
 def _loop(cfg: TrainConfig, trainer: Any, bus: HookBus, console: ConsoleHook, run_dir: RunDir,
-          start_step: int, total: int) -> None:
+          start_step: int, total: int, dist: Any) -> None:
     import torch
 
-    prompt_rng = torch.Generator().manual_seed(cfg.run.seed + 2)
+    from rlhf_core.distributed import rank_seed
+
+    batch = dist.local_batch(cfg.rollout.batch_size)  # each rank draws its own share of the global batch
+    prompt_rng = torch.Generator().manual_seed(rank_seed(cfg.run.seed, dist.rank) + 2)
     for _ in range(start_step):  # replay the prompt draws of finished steps: resume == uninterrupted
-        torch.randint(len(PROMPTS), (cfg.rollout.batch_size,), generator=prompt_rng)
+        torch.randint(len(PROMPTS), (batch,), generator=prompt_rng)
     for step in range(start_step + 1, total + 1):
         epoch = (step - 1) // cfg.run.steps_per_epoch + 1
         if (step - 1) % cfg.run.steps_per_epoch == 0:
             console.write(f"Starting epoch {epoch}/{cfg.run.epochs}")
-        idx = torch.randint(len(PROMPTS), (cfg.rollout.batch_size,), generator=prompt_rng).tolist()
+        idx = torch.randint(len(PROMPTS), (batch,), generator=prompt_rng).tolist()
         bus.begin_step(step)
         metrics = trainer.train_step([PROMPTS[i] for i in idx], cfg.rollout.max_new_tokens)
         end_of_epoch = step % cfg.run.steps_per_epoch == 0
@@ -217,8 +234,9 @@ def _loop(cfg: TrainConfig, trainer: Any, bus: HookBus, console: ConsoleHook, ru
         if due or step == total:
             with bus.phase("checkpoint"):
                 path = run_dir.checkpoints / f"step_{step}.pt"
-                trainer.save_checkpoint(str(path))
-                _link_latest(path)
+                trainer.save_checkpoint(str(path))  # a collective under torchrun; rank 0 writes
+                if dist.is_main:
+                    _link_latest(path)
         bus.end_step(step, epoch, metrics)
         if end_of_epoch:
             console.epoch_summary(epoch)
