@@ -65,6 +65,7 @@ class StepStraggler:
         share: busy[slow_rank] / median(busy over the OTHER ranks) - 1 (what the stability rule uses).
         phase: the phase where slow_rank exceeds the others' median by the most seconds.
         phase_excess: those seconds.
+        excess: busy[slow_rank] - median(busy over the other ranks), seconds.
     """
 
     step: int
@@ -74,6 +75,7 @@ class StepStraggler:
     share: float
     phase: str
     phase_excess: float
+    excess: float = 0.0
 
 
 def step_straggler(step: int, ranks: dict[int, dict[str, float]]) -> StepStraggler | None:
@@ -88,7 +90,8 @@ def step_straggler(step: int, ranks: dict[int, dict[str, float]]) -> StepStraggl
         return None
     phase, excess = _excess_phase(slow, ranks)
     return StepStraggler(step=step, busy=busy, slow_rank=slow, ratio=busy[slow] / med_all,
-                         share=busy[slow] / med_others - 1.0, phase=phase, phase_excess=excess)
+                         share=busy[slow] / med_others - 1.0, phase=phase, phase_excess=excess,
+                         excess=busy[slow] - med_others)
 
 
 def _excess_phase(slow: int, ranks: dict[int, dict[str, float]]) -> tuple[str, float]:

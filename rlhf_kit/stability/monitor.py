@@ -19,6 +19,14 @@ Example:
     bus = HookBus([RunLogHook(run_dir), StabilityMonitor()])        # live
     alerts = analyze_run(load_run("runs/run_20250101_120000"))      # offline, any framework
 
+Multi-rank runs (the `rank_straggler` rule): attach the monitor on rank 0 only. It needs every
+rank's phase records; it takes those passed to on_step_end (a runner may gather them) and, when
+the run has world_size > 1, tails logs/phases.jsonl, where every rank appends its own (the path
+comes from `phases_log`, else from RunInfo.config["run"]["output_dir"] / run_id). Each step
+record is judged with the straggler figures of the newest step that ALL ranks have finished
+(`straggler_step`, usually the step before: the other ranks may still be logging this one).
+Offline, `analyze_run` attaches each step's own figures from the whole phases log.
+
 Known limitations:
     Multi-rank runs: attach the monitor on rank 0 only (its records are rank 0's metrics). On resume
     the monitor starts empty, so its start-of-run baselines are those of the resumed segment, while
@@ -29,10 +37,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 from rlhf_kit.events import SEVERITIES, Alert, PhaseRecord, RunInfo
-from rlhf_kit.runlog import Run, load_run
+from rlhf_kit.profiler.ranks import StepStraggler, step_straggler, step_stragglers
+from rlhf_kit.runlog import JsonlTail, Run, load_run
 from rlhf_kit.stability.rules import RULES, Check, evaluate
 from rlhf_kit.stability.thresholds import Thresholds
 
@@ -54,24 +64,31 @@ class StabilityMonitor:
     Args:
         thresholds: rule thresholds (defaults documented in thresholds.py and docs/stability.md).
         rules: the rule functions to run (default: all of rules.RULES).
+        phases_log: multi-rank runs: the logs/phases.jsonl every rank appends to (see module doc).
 
     Attributes:
         alerts: one Alert per episode so far, first step order, `last_step` kept current.
     """
 
-    def __init__(self, thresholds: Thresholds | None = None, rules: Sequence[Check] = RULES):
+    def __init__(self, thresholds: Thresholds | None = None, rules: Sequence[Check] = RULES,
+                 phases_log: str | os.PathLike | None = None):
         self.t = thresholds or Thresholds()
         self.rules = tuple(rules)
         self.records: list[dict] = []
         self.active: dict[str, _Episode] = {}
         self.alerts: list[Alert] = []
+        self.phases_log = phases_log
+        self._ranks = _RankBuffer(1, None)
 
     # ---- Hook methods ----------------------------------------------------------------
     def on_run_start(self, info: RunInfo) -> None:
         self.records, self.active, self.alerts = [], {}, []
+        world = int(info.world_size or 1)
+        path = self.phases_log or (_phases_log_of(info) if world > 1 else None)
+        self._ranks = _RankBuffer(world, JsonlTail(path) if path else None)
 
     def on_step_end(self, record: dict, phases: list[PhaseRecord]) -> list[Alert]:
-        return self.observe(record)
+        return self.observe(with_straggler(record, self._ranks.newest(phases)))
 
     # ---- the logic -------------------------------------------------------------------
     def _remember(self, record: dict) -> None:
@@ -105,6 +122,45 @@ class StabilityMonitor:
         return emit
 
 
+class _RankBuffer:
+    """Every rank's phase seconds of the steps not judged yet: step -> rank -> phase -> seconds."""
+
+    def __init__(self, world: int, tail: JsonlTail | None):
+        self.world, self.tail = world, tail
+        self.steps: dict[int, dict[int, dict[str, float]]] = {}
+        self.judged = -1
+
+    def newest(self, phases: Sequence[PhaseRecord]) -> StepStraggler | None:
+        """Straggler figures of the newest step that every rank finished since the last call, or None."""
+        new = list(phases) + [PhaseRecord.from_dict(d) for d in (self.tail.read_new() if self.tail else ())]
+        for p in new:
+            if p.step > self.judged:
+                self.steps.setdefault(int(p.step), {}).setdefault(int(p.rank), {})[p.name] = float(p.seconds)
+        world = max([self.world] + [len(r) for r in self.steps.values()])
+        done = [s for s, ranks in self.steps.items() if len(ranks) >= world]
+        if world < 2 or not done:
+            return None
+        self.judged = max(done)
+        ranks = self.steps[self.judged]
+        self.steps = {s: r for s, r in self.steps.items() if s > self.judged}  # bounded: a dead rank stalls nothing
+        return step_straggler(self.judged, ranks)
+
+
+def _phases_log_of(info: RunInfo) -> Path | None:
+    """logs/phases.jsonl of a run from its RunInfo, when the config names the output directory."""
+    out = (info.config.get("run") or {}).get("output_dir") if isinstance(info.config, dict) else None
+    return Path(out) / info.run_id / "logs" / "phases.jsonl" if out else None
+
+
+def with_straggler(record: dict, fig: StepStraggler | None) -> dict:
+    """A copy of `record` with the `straggler_*` keys the rank_straggler rule reads (record if fig is None)."""
+    if fig is None:
+        return record
+    return {**record, "straggler_step": fig.step, "straggler_rank": fig.slow_rank,
+            "straggler_share": fig.share, "straggler_ratio": fig.ratio, "straggler_phase": fig.phase,
+            "straggler_excess_seconds": fig.excess}
+
+
 def merge_alerts(alerts: Sequence[Alert]) -> list[Alert]:
     """Collapse alerts.jsonl lines of one episode (same rule and first step): the later line wins,
     last_step and severity never go backwards. Order: first appearance."""
@@ -131,11 +187,18 @@ def clean_steps(steps: Sequence[dict]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def analyze_steps(steps: Sequence[dict], thresholds: Thresholds | None = None) -> list[Alert]:
-    """Replay step records through a fresh monitor. Returns one Alert per episode, final last_step."""
+def analyze_steps(steps: Sequence[dict], thresholds: Thresholds | None = None,
+                  phases: Sequence[PhaseRecord] = ()) -> list[Alert]:
+    """Replay step records through a fresh monitor. Returns one Alert per episode, final last_step.
+
+    Args:
+        phases: every rank's phase records; with two or more ranks each step is judged with its own
+            straggler figures (rank_straggler).
+    """
     monitor = StabilityMonitor(thresholds)
+    figs = step_stragglers(list(phases)) if phases else {}
     for rec in clean_steps(steps):
-        monitor.observe(rec)
+        monitor.observe(with_straggler(rec, figs.get(rec.get("step"))))
     return monitor.alerts
 
 
@@ -150,4 +213,4 @@ def analyze_run(run: Run | str | os.PathLike, thresholds: Thresholds | None = No
     """
     if not isinstance(run, Run):
         run = load_run(run)
-    return analyze_steps(run.steps, thresholds)
+    return analyze_steps(run.steps, thresholds, run.phases)

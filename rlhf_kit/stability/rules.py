@@ -82,6 +82,13 @@ ADVICE: dict[str, tuple[str, str]] = {
         "advantages are zero and PPO has nothing to learn from (often after entropy collapse).",
         "Raise --temperature or --kl_coef, check the reward is not saturated, and restart from "
         "the checkpoint before the collapse."),
+    "rank_straggler": (
+        "One rank computes longer than the others step after step, and the gradient all-reduce makes "
+        "every rank wait for it: uneven work (longer generations from that rank's prompts), a slower "
+        "or shared device, CPU oversubscription, or another job on that node.",
+        "Read the per-rank table (`rlhf-kit health` or `rlhf-kit profile`) for the phase that differs; "
+        "give every rank the same work (fixed max_new_tokens, equal per-rank batches), pin threads "
+        "(OMP_NUM_THREADS = cores / ranks) and devices, and check the node for other processes."),
     "reward_flat": (
         "The reward has had no spread since the start of the run, so there is no learning signal.",
         "Check the reward function on a few samples; with a random-init model try --reward_type "
@@ -294,9 +301,32 @@ def reward_variance_collapse(history: Sequence[dict], t: Thresholds) -> Alert | 
                       {"reward_std": w[-1], "reward_std_max": max(w), "baseline": base})
 
 
+def rank_straggler(history: Sequence[dict], t: Thresholds) -> Alert | None:
+    """Multi-rank: the same rank was busy > straggler_share longer than the others' median on each of
+    the last straggler_window judged steps (records carrying `straggler_*` keys, see monitor.py)."""
+    if num(history[-1], "straggler_share") is None:
+        return None
+    judged = [r for r in history if num(r, "straggler_share") is not None][-t.straggler_window:]
+    if len(judged) < t.straggler_window:
+        return None
+    rank = judged[-1].get("straggler_rank")
+    for r in judged:
+        excess = num(r, "straggler_excess_seconds") or 0.0
+        if r.get("straggler_rank") != rank or r["straggler_share"] <= t.straggler_share \
+                or excess <= t.straggler_min_seconds:
+            return None
+    shares = [r["straggler_share"] for r in judged]
+    phase = judged[-1].get("straggler_phase") or "?"
+    return make_alert("rank_straggler", history, "warning",
+                      f"rank {rank} was {100 * min(shares):.0f}-{100 * max(shares):.0f}% slower than the other "
+                      f"ranks for {len(judged)} steps, most in {phase}",
+                      {"rank": rank, "share": shares[-1], "ratio": num(judged[-1], "straggler_ratio"),
+                       "phase": phase, "judged_step": judged[-1].get("straggler_step")})
+
+
 RULES: tuple[Check, ...] = (
     nan_inf, kl_spike, kl_runaway, policy_update_too_large, entropy_collapse, reward_hacking,
-    grad_explosion, value_divergence, clip_fraction_high, reward_variance_collapse,
+    grad_explosion, value_divergence, clip_fraction_high, reward_variance_collapse, rank_straggler,
 )
 
 

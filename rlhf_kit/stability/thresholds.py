@@ -60,6 +60,11 @@ class Thresholds:
             varied is reported as info `reward_flat`, not as a collapse).
         rearm_steps: a rule whose condition has been clear this many steps closes its episode; firing
             again afterwards is a new alert (a new line in alerts.jsonl).
+        straggler_share: multi-rank runs: a rank whose busy time (its phases except `comm`) exceeds the
+            median of the other ranks by more than this share (0.2 = 20% slower) ...
+        straggler_window: ... on each of this many consecutive judged steps, the same rank each time ...
+        straggler_min_seconds: ... and by more than this many seconds (sub-millisecond jitter on tiny
+            steps is not a straggler).
     """
 
     history: int = 200
@@ -93,6 +98,9 @@ class Thresholds:
     reward_var_frac: float = 0.05
     reward_var_min_baseline: float = 1e-6
     rearm_steps: int = 3
+    straggler_share: float = 0.2
+    straggler_window: int = 5
+    straggler_min_seconds: float = 0.005
 
     def to_dict(self) -> dict:
         return asdict(self)
