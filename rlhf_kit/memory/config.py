@@ -91,6 +91,8 @@ class MemoryConfig:
             the base model without adapters, so no second copy is held.
         offload: roles kept off the accelerator ("cpu" or "gpu1"), e.g. {"reference": "cpu"}.
         attn: attention implementation ("sdpa" or "eager"); see docs/memory.md on flash attention.
+        param_snapshot: the update holds a copy of the trainable weights (the kit's runner does,
+            for the update-to-weight ratio; TRL and OpenRLHF do not).
     """
 
     model: str = "tiny-gpt2"
@@ -109,6 +111,7 @@ class MemoryConfig:
     lora_rank: int = 0
     offload: dict = field(default_factory=dict)
     attn: str = "sdpa"
+    param_snapshot: bool = True
     hf_config: Any = field(default=None, repr=False, compare=False)
 
     @property

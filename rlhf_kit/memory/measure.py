@@ -40,15 +40,19 @@ class MemoryHook:
     """Records measured memory per phase for the first `steps` steps; writes memory.json at run end.
 
     Args:
-        run_dir: the run directory (memory.json goes to its root).
+        run_dir: the run directory (memory.json goes to its root); None: `output_dir`/<run_id>,
+            known at `on_run_start` (how a runner's `unique_run_dir` names it).
+        output_dir: where the runner creates run directories, when `run_dir` is None.
         steps: how many steps to measure (the second one has the optimizer state alive).
         predict: False skips the prediction (memory.json then has only the measured side).
     """
 
-    def __init__(self, run_dir: RunDir, steps: int = 2, predict: bool = True):
+    def __init__(self, run_dir: RunDir | None = None, output_dir: str = "runs", steps: int = 2,
+                 predict: bool = True):
         from rlhf_kit.memory.tracker import ByteTracker
 
         self.run_dir = run_dir
+        self.output_dir = output_dir
         self.steps = steps
         self.do_predict = predict
         self.tracker = ByteTracker()
@@ -61,10 +65,15 @@ class MemoryHook:
         self.cuda_peaks: dict[str, int] = {}
         self.device = "cpu"
         self._handles: list[Any] = []
+        self._prefill_seen = False
 
     # ---- hooks -------------------------------------------------------------------------
     def on_run_start(self, info: Any) -> None:
         self.info_config = dict(info.config or {})
+        if self.run_dir is None:
+            from pathlib import Path
+
+            self.run_dir = RunDir(Path(self.output_dir) / info.run_id)
 
     def on_setup(self, modules: dict[str, Any], optimizer: Any) -> None:
         self.modules = {r: m for r, m in modules.items() if m is not None}
@@ -82,12 +91,17 @@ class MemoryHook:
             p = next(policy.parameters())
             self.device = "cuda" if p.is_cuda else "cpu"
             # the prompt length is only known from the first rollout forward: (B, P) input ids
-            self._handles.append(policy.register_forward_pre_hook(self._see_prompt, with_kwargs=True))
+            for m in policy.modules():
+                if hasattr(m, "config"):
+                    self._handles.append(m.register_forward_pre_hook(self._see_prompt, with_kwargs=True))
 
     def _see_prompt(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if not self.prompt_length and self.current == "rollout" and hasattr(ids, "shape"):
-            self.prompt_length = int(ids.shape[-1])
+        # the first forward of each measured rollout is the prefill: its length is the prompt's
+        # (the longest one is kept: prompts are padded per batch, so it varies by step)
+        if self.active and self.current == "rollout" and not self._prefill_seen and hasattr(ids, "shape"):
+            self._prefill_seen = True
+            self.prompt_length = max(self.prompt_length, int(ids.shape[-1]))
 
     def on_step_start(self, step: int) -> None:
         if self.measured_steps < self.steps:
@@ -101,6 +115,7 @@ class MemoryHook:
         if phase != self.current:
             self._close()
             self.current = phase
+            self._prefill_seen = False
             self.tracker.start_phase(phase)
             if self.device == "cuda":
                 import torch
@@ -196,6 +211,15 @@ class MemoryHook:
             max_new_tokens=int(rollout["max_new_tokens"]),
             mini_batch_size=int(ppo.get("mini_batch_size") or 0),
             ppo_epochs=int(ppo.get("ppo_epochs", 1)), dtype=dtype,
-            value_model="separate" if "value" in self.modules else "head",
+            # a separate critic has its own Hugging Face trunk; a value head is a bare Linear
+            value_model="separate" if any(hasattr(x, "config") for x in self.modules.get("value", torch_nn()).modules())
+            else "head",
             reward_model="model" if "reward" in self.modules else "none",
             foreach=self.device == "cuda", hf_config=hf).validate()
+
+
+def torch_nn() -> Any:
+    """An empty module (no value role: no critic)."""
+    import torch
+
+    return torch.nn.Module()

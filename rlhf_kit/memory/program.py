@@ -34,9 +34,10 @@ class ScalarHeadModel(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(hidden, 1, dtype=dtype)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """(B, T) -> one value per response position (B, N) from position start-1 on."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return self.head(h).squeeze(-1)  # (B, T)
+        return self.head(h[:, start - 1:-1].float() if h.dtype == torch.float32 else h[:, start - 1:-1]).squeeze(-1)
 
 
 class LoRA:
@@ -217,14 +218,26 @@ def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: 
             i = new_tokens - 1
         if i >= new_tokens or seq.shape[1] >= prompt.shape[1] + new_tokens:
             break
-        out = lm(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
-        step_ids = torch.multinomial(probs, 1)  # (B, 1)
+        # full logits at the prefill, as the kit's runner does (generate() would keep 1 position)
+        out = lm(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V), a view: keeps out.logits
+        logp = torch.log_softmax(logits.float() / 1.0, dim=-1)  # (B, V); / temperature is a copy
+        step_ids = _multinomial(logp.exp())  # (B, 1)
         seq = torch.cat([seq, step_ids], dim=1)
         mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
-        del out, probs
+        # out and logp stay alive into the next forward, as in a plain sampling loop
     return seq
+
+
+def _multinomial(probs: torch.Tensor) -> torch.Tensor:
+    """One sample per row, allocating what CPU `torch.multinomial` does inside its kernel.
+
+    Its kernel draws q ~ Exp(1) into a (B, V) buffer, divides in place and takes the argmax;
+    those buffers are invisible to a fake-tensor trace of the op itself, so they are spelled out.
+    """
+    q = torch.empty_like(probs).exponential_()  # (B, V)
+    torch.div(probs, q, out=q)
+    return q.argmax(dim=-1, keepdim=True)  # (B, 1)
 
 
 def _grow_cache(cache: Any, n: int) -> bool:
@@ -240,15 +253,35 @@ def _grow_cache(cache: Any, n: int) -> bool:
 
 
 def response_logprobs(lm: nn.Module, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int,
-                      v_head: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(a_t|s_t) of the response tokens (B, N), and the value head's V(s_t) (B, N) if any."""
-    out = lm(input_ids=seq, attention_mask=mask, use_cache=False, output_hidden_states=v_head is not None)
-    logits = out.logits[:, prompt_len - 1:-1, :].float()  # (B, N, V)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)  # (B, N)
-    values = None
-    if v_head is not None:
-        values = v_head(out.hidden_states[-1][:, prompt_len - 1:-1]).squeeze(-1).float()  # (B, N)
-    return logp, values
+                      v_head: nn.Module | None = None, entropy: bool = False) -> tuple[torch.Tensor, Any, Any]:
+    """log pi(a_t|s_t) of the response tokens (B, N), V(s_t) from the value head, and the entropy.
+
+    The LM head runs on the N response positions only (not all T), then the logits are divided
+    by the temperature (a copy) and log-softmaxed in fp32, as the kit's runner and TRL do.
+    """
+    hidden = lm.base_model(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = hidden[:, prompt_len - 1:-1]  # (B, N, H)
+    logits = lm.get_output_embeddings()(hidden) / 1.0  # (B, N, V), temperature
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)  # (B, N)
+    ent = None
+    if entropy:
+        lp = torch.log_softmax(logits.float(), dim=-1)  # (B, N, V)
+        ent = -(lp.exp() * lp).sum(-1)  # (B, N)
+    values = v_head(hidden.float()).squeeze(-1) if v_head is not None else None  # (B, N)
+    return logp, values, ent
+
+
+def _warm_optimizer(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """Create the optimizer state as a first iteration leaves it (zero gradients, lr 0)."""
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
 
 
 def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig, tracker: Any) -> None:
@@ -262,6 +295,9 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     prompt = torch.randint(0, vocab, (B, P))  # (B, P)
     prompt_mask = torch.ones_like(prompt)
 
+    # Steady state: from the second iteration on, the optimizer state is alive in every phase.
+    _warm_optimizer(optimizer, [p for _, p in models.trainable()])
+
     # step 1. rollout: sample N tokens per prompt
     tracker.start_phase("rollout")
     lm.eval()
@@ -273,16 +309,16 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     # step 2. scoring: old log-probs and values, reference log-probs, reward, advantages
     tracker.start_phase("scoring")
     with torch.no_grad():
-        old_logp, old_values = response_logprobs(lm, seq, mask, P, models.v_head)  # (B, N) each
+        old_logp, old_values, _ = response_logprobs(lm, seq, mask, P, models.v_head)  # (B, N) each
         if lora is not None:
             lora.enabled = False  # the reference is the base model: no second copy
-            ref_logp, _ = response_logprobs(lm, seq, mask, P)
+            ref_logp = response_logprobs(lm, seq, mask, P)[0]
             lora.enabled = True
         else:
-            ref_logp, _ = response_logprobs(models.reference, seq, mask, P)
+            ref_logp = response_logprobs(models.reference, seq, mask, P)[0]
         if models.critic is not None:
-            old_values = models.critic(seq, mask)[:, P - 1:-1].float()  # (B, N)
-        score = models.reward(seq, mask)[:, -1].float() if models.reward is not None else torch.zeros(B)
+            old_values = models.critic(seq, mask, P)  # (B, N)
+        score = models.reward(seq, mask, P)[:, -1].float() if models.reward is not None else torch.zeros(B)
         rewards = -0.05 * (old_logp - ref_logp)  # (B, N) KL-shaped per-token rewards
         rewards[:, -1] += score
         returns = rewards.flip(1).cumsum(1).flip(1)  # (B, N) stands in for GAE: same shapes
@@ -297,24 +333,27 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     if models.critic is not None:
         models.critic.train()
     trainable = [p for _, p in models.trainable()]
-    # Two optimizer steps of two micro-batches each: the first step creates the optimizer
-    # state, the second runs with it alive; every later step repeats the second one's pattern.
+    # the kit's runner keeps a copy of the trainable weights for the update-to-weight ratio
+    snapshot = [p.detach().clone() for p in trainable] if cfg.param_snapshot else []
+    # Two optimizer steps of up to two micro-batches each (the second accumulates into existing
+    # gradients); every later step repeats the pattern.
     steps = [mb for _ in range(cfg.ppo_epochs) for mb in _splits(B, cfg.mini)][:2]
     for mb in steps:
         for mu in list(_splits(mb.stop - mb.start, cfg.micro))[:2]:
             idx = slice(mb.start + mu.start, mb.start + mu.stop)
-            logp, values = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head)
+            logp, values, ent = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head, entropy=True)
             if models.critic is not None:
-                values = models.critic(seq[idx], mask[idx])[:, P - 1:-1].float()
+                values = models.critic(seq[idx], mask[idx], P)
             ratio = torch.exp(logp - old_logp[idx])  # (b, N)
             adv = advantages[idx]
             pg = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
             vf = 0.5 * ((values - returns[idx]) ** 2).mean()
-            ((pg + 0.1 * vf) / (cfg.mini // cfg.micro)).backward()
-            del logp, values, ratio, pg, vf
+            ((pg + 0.1 * vf - 0.01 * ent.mean()) / (cfg.mini // cfg.micro)).backward()
+            del logp, values, ratio, pg, vf, ent
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if hasattr(tracker, "label_optimizer"):
             tracker.label_optimizer(optimizer, {id(p): r for r, p in models.trainable()})
+    del snapshot
     tracker.end_phase()

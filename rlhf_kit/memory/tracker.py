@@ -146,10 +146,13 @@ class ByteTracker(TorchDispatchMode):
         """Register a module's parameters and buffers, and switch the role while it runs."""
         for t in list(module.parameters()) + list(module.buffers()):
             self.label(t, role, cat)
-        self._handles = getattr(self, "_handles", []) + [
-            module.register_forward_pre_hook(lambda m, a, _r=role: self._enter_role(_r)),
-            module.register_forward_hook(lambda m, a, out: self._exit_role(out)),
-        ]
+        # Runners call inner models directly (policy.model(...), model.base_model(...)): hook the
+        # module and every Hugging Face model inside it, so the role is known whichever runs.
+        targets = [module] + [m for m in module.modules() if m is not module and hasattr(m, "config")]
+        self._handles = getattr(self, "_handles", [])
+        for m in targets:
+            self._handles += [m.register_forward_pre_hook(lambda m, a, _r=role: self._enter_role(_r)),
+                              m.register_forward_hook(lambda m, a, out: self._exit_role(out))]
 
     def detach(self) -> None:
         """Remove the module hooks `add_module` registered (measured mode on live models)."""
