@@ -52,14 +52,17 @@ def estimate(cfg: MemoryConfig) -> dict[str, dict[str, int]]:
         on_gpu += n_scalar
     params = on_gpu * b
     kv = 2 * L * B * T * d["n_kv_head"] * d["head_dim"] * b
-    rollout = {"params": params, "kv_cache": kv, "logits": 2 * B * V * 4}
-    scoring = {"params": params, "logits": B * T * V * b + 2 * B * N * V * 4, "activations": B * T * h * b * (L + 1)}
+    optim = int(trainable * optimizer_bytes_per_param(cfg.optimizer, b))  # alive from the 2nd step on
+    # prefill logits over the prompt, then log-softmax, probabilities and the sampler's buffer
+    rollout = {"params": params, "optim": optim, "kv_cache": kv, "logits": B * cfg.prompt_length * V * b + 3 * B * V * 4}
+    scoring = {"params": params, "optim": optim, "logits": B * N * V * b + 2 * B * N * V * 4,
+               "activations": B * T * h * b}
     mb = cfg.micro
     act_layer = mb * T * h * (34 + 5 * a * T / h) * b / 2
     layers_kept = 1 if cfg.grad_checkpointing else L  # checkpointing keeps block inputs + one block
     act = act_layer * layers_kept + (mb * T * h * b * L if cfg.grad_checkpointing else 0)
     update = {"params": params, "grads": trainable * b,
-              "optim": int(trainable * optimizer_bytes_per_param(cfg.optimizer, b)),
+              "optim": optim,
               "activations": int(act), "logits": mb * T * V * b + 2 * mb * N * V * 4}
     out = {"rollout": rollout, "scoring": scoring, "update": update}
     for cats in out.values():
