@@ -46,6 +46,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--grad_checkpointing", action="store_true")
     p.add_argument("--budget", help="accelerator memory, e.g. 24GB or 80GiB")
     p.add_argument("--device", help="a device name whose memory is the budget (h100, a100, 4090, ...), or cpu")
+    p.add_argument("--gpus", type=_positive("gpus"), default=0,
+                   help="plan placement over N GPUs (replicated, frozen models apart, ZeRO 1-3); per-GPU peaks")
     p.add_argument("--suggest", action="store_true", help="list suggestions even when it fits")
     p.add_argument("--json", help="also write the prediction and suggestions to this JSON file")
     return p
@@ -120,12 +122,20 @@ def main(argv: Sequence[str] | None = None, presets: Callable[[str], Any] | None
             fit = "" if s.fits is None else ("  fits" if s.fits else "  still over")
             lines.append(f"{i:>2}. {s.title}: peak {human_bytes(s.peak)} (saves {human_bytes(s.saved)}){fit}"
                          f" -- {s.note}")
+    placement = []
+    if args.gpus:
+        from rlhf_kit.memory.placement import format_plans, plans
+
+        placement = plans(cfg, args.gpus)
+        lines += ["", f"placement on {args.gpus} GPUs (global batch {cfg.batch_size}; peak per GPU):"]
+        lines += format_plans(placement, budget, human_bytes)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     lines.append(f"\nreal memory used by this prediction: {human_bytes(rss)} (max RSS)")
     print("\n".join(lines))
     if args.json:
         data = {**pred.to_dict(), "budget": budget, "analytic": analytic,
-                "suggestions": [s.to_dict() for s in suggestions]}
+                "suggestions": [s.to_dict() for s in suggestions],
+                "placement": [p.to_dict() for p in placement]}
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
     return 0
