@@ -24,7 +24,8 @@ def _f(default: Any, help: str, **checks: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    model_name: str = _f("tiny-gpt2", "embedded preset (tiny-gpt2, small-gpt2), a local Hugging Face "
+    model_name: str = _f("tiny-gpt2", "embedded preset (tiny-gpt2, small-gpt2), smollm2-135m (a real "
+                         "pretrained Llama, needs requirements-real.txt), a local Hugging Face "
                          "model directory, or a hub id already in the local cache")
     value_model: str = _f("head", "value function: a head on the policy trunk, or a separate copy",
                           choices=VALUE_MODELS)
@@ -69,6 +70,8 @@ class RunConfig:
     tensorboard: bool = _f(True, "write TensorBoard scalars")
     progress: bool = _f(True, "show a progress bar")
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default", nonneg=True)
+    sample_prompts: int = _f(0, "print greedy completions of the first N fixed prompts before and after "
+                             "training, and save them to samples.json; 0 prints none", nonneg=True)
 
 
 @dataclass

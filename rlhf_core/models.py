@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf_core.real_model import REAL_MODELS, ensure_real_model
 from rlhf_kit.errors import UsageError
 
 # name -> GPT2Config overrides. tiny-gpt2 has the shape of the public sshleifer/tiny-gpt2.
@@ -94,6 +95,8 @@ def resolve(name: str) -> tuple[str, str]:
             return local, ""
         twin = ALIASES[name]
         return resolve(twin)[0], f"note: '{name}' is not available offline; using the embedded twin '{twin}'"
+    if name in REAL_MODELS:  # a pretrained model from a PyPI package, converted once into the cache
+        return str(ensure_real_model(name)), ""
     if name in PRESETS:
         path = cache_dir() / "models" / name
         if not (path / "config.json").exists():
@@ -109,7 +112,7 @@ def resolve(name: str) -> tuple[str, str]:
         return local, ""
     kind = "path does not exist" if ("/" in name and os.path.sep in name) or name.startswith(".") else \
         "is not an embedded model, a local directory, or in the local Hugging Face cache"
-    raise UsageError(f"--model_name '{name}': {kind}; embedded choices: {', '.join(PRESETS)}")
+    raise UsageError(f"--model_name '{name}': {kind}; embedded choices: {', '.join([*PRESETS, *REAL_MODELS])}")
 
 
 def _try_hub_cache(name: str) -> str:

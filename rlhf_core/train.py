@@ -166,6 +166,7 @@ def _train(cfg: TrainConfig, hooks: Sequence[Any], timing: bool, dist: Any) -> R
     from rlhf_core.distributed import make_trainer
     from rlhf_core.ppo import set_seed
     from rlhf_core.reward import ToyRewardModel
+    from rlhf_core.samples import format_samples, greedy_completions, write_samples
 
     device = dist.device
     checkpoint = find_checkpoint(cfg.run.resume, cfg.run.output_dir) if cfg.run.resume else None
@@ -186,6 +187,10 @@ def _train(cfg: TrainConfig, hooks: Sequence[Any], timing: bool, dist: Any) -> R
         print(f"Resumed from {checkpoint} at step {start_step}")
     print("Models initialized successfully")
     print(f"Created {len(PROMPTS)} sample prompts")
+    shown = PROMPTS[:min(cfg.run.sample_prompts, len(PROMPTS))]
+    if shown:  # greedy: draws no random numbers, so training is unchanged by it
+        before = greedy_completions(policy.model, policy.tokenizer, shown, cfg.rollout.max_new_tokens)
+        print(f"\nSamples before training (greedy):\n{format_samples(shown, before)}")
 
     total = cfg.run.epochs * cfg.run.steps_per_epoch
     print("\nStarting training loop...")
@@ -206,6 +211,10 @@ def _train(cfg: TrainConfig, hooks: Sequence[Any], timing: bool, dist: Any) -> R
         _loop(cfg, trainer, bus, console, run_dir, start_step, total, dist)
     finally:
         bus.run_end()
+    if shown:
+        after = greedy_completions(policy.model, policy.tokenizer, shown, cfg.rollout.max_new_tokens)
+        print(f"\nSamples before and after training (greedy):\n{format_samples(shown, before, after)}")
+        write_samples(run_dir.root / "samples.json", shown, before, after)
     print(f"\nTraining completed successfully!\nTotal time: {time.perf_counter() - t0:.2f} seconds\n"
           f"Total steps: {total}\nOutput directory: {run_dir.root}\nLogs: {run_dir.train_log}\n"
           f"TensorBoard: {run_dir.tb}\nCheckpoints: {run_dir.checkpoints}")
