@@ -11,7 +11,11 @@ Shapes:
                with "step", None where a record lacks the key (columnar: 10x smaller than records)
     run_view() {"name", "info", "steps": columns, "alerts": [dict], "alerts_source",
                 "memory", "profile": {"flamegraphs", "traces", "other"},
-                "breakdown": {"rows": [dict], "bottleneck": str}}
+                "breakdown": {"rows": [dict], "bottleneck": str}, "ranks": rank_view()}
+    rank_view() {} for one rank; else {"world", "ranks", "phases": [names], "parents": {child: parent},
+                "steps": [s...], "rows": [[step, rank, phase index, start, seconds], ...],
+                "straggler": {"<step>": {"rank", "ratio", "share", "phase", "busy": {"<rank>": s}}}}
+                where start is seconds since that rank's first phase of that step.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import warnings
 from typing import Any, Iterable
 
-from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, TOP_LEVEL_PHASES, Alert
+from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, PHASES, TOP_LEVEL_PHASES, Alert
 from rlhf_kit.runlog import Run, RunDir
 
 # Keys of a step record that are bookkeeping, not metrics to chart.
@@ -138,6 +142,51 @@ def breakdown(run: Run) -> dict:
     return {"rows": dicts, "bottleneck": advice}
 
 
+# Steps of per-rank phases a view carries: the report keeps more, the live page polls every second.
+RANK_STEPS_REPORT = 200
+RANK_STEPS_LIVE = 30
+
+
+def rank_view(phases: list, max_steps: int = RANK_STEPS_REPORT) -> dict:
+    """Per-rank phase timelines of the last `max_steps` steps of a multi-rank run ({} for one rank).
+
+    Each rank's bars start at its own first phase of the step: ranks' clocks are not synchronised
+    (PhaseRecord.start counts from each process's own run start), so only durations and order within
+    a rank are compared, which is what shows a straggler.
+    Args:
+        phases: PhaseRecords of every rank (runlog.Run.phases).
+    """
+    ranks = sorted({int(p.rank) for p in phases})
+    if len(ranks) < 2:
+        return {}
+    by_step: dict[int, list] = {}
+    for p in phases:
+        by_step.setdefault(int(p.step), []).append(p)
+    steps = sorted(by_step)[-max_steps:]
+    names = [n for n in PHASES if any(p.name == n for s in steps for p in by_step[s])]
+    names += sorted({p.name for s in steps for p in by_step[s]} - set(names))
+    rows = []
+    for s in steps:
+        t0 = {}
+        for p in by_step[s]:
+            t0[p.rank] = min(t0.get(p.rank, p.start), p.start)
+        rows += [[s, int(p.rank), names.index(p.name), round(p.start - t0[p.rank], 6), round(p.seconds, 6)]
+                 for p in by_step[s]]
+    return {"world": len(ranks), "ranks": ranks, "phases": names, "parents": dict(PHASE_PARENT),
+            "steps": steps, "rows": rows, "straggler": _stragglers([p for s in steps for p in by_step[s]])}
+
+
+def _stragglers(phases: list) -> dict:
+    """Per-step straggler figures from the profiler, {} when it is unavailable."""
+    try:
+        from rlhf_kit.profiler.ranks import step_stragglers
+    except ImportError:
+        return {}
+    return {str(s): {"rank": f.slow_rank, "ratio": round(f.ratio, 4), "share": round(f.share, 4), "phase": f.phase,
+                     "busy": {str(r): round(v, 6) for r, v in f.busy.items()}}
+            for s, f in step_stragglers(phases).items()}
+
+
 def profile_files(rd: RunDir) -> dict[str, list[str]]:
     """Files under profile/, relative to the run directory, sorted by kind.
 
@@ -184,4 +233,5 @@ def run_view(run: Run, analyze: bool = True) -> dict:
         "memory": run.memory or {},
         "profile": profile_files(run.dir),
         "breakdown": breakdown(run),
+        "ranks": rank_view(run.phases),
     }

@@ -24,8 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rlhf_kit.dashboard.data import alert_dicts, columns, finite, merged, profile_files, schema
+from rlhf_kit.dashboard.data import (RANK_STEPS_LIVE, alert_dicts, columns, finite, merged, profile_files,
+                                     rank_view, schema)
 from rlhf_kit.dashboard.html import page, plotly_js, static_text
+from rlhf_kit.events import PhaseRecord
 from rlhf_kit.runlog import JsonlTail, RunDir, find_runs, read_json
 
 
@@ -53,6 +55,8 @@ class RunCache:
     def _reset(self) -> None:
         self.gen = uuid.uuid4().hex[:8]
         self.train, self.alerts_tail = JsonlTail(self.rd.train_log), JsonlTail(self.rd.alerts_log)
+        self.phases_tail = JsonlTail(self.rd.phases_log)
+        self.phases: list[PhaseRecord] = []  # every rank's, for the per-rank view (last steps only)
         self.steps: list[dict] = []
         self.alerts: list[dict] = []
         self.monitor = new_monitor()  # judges each new step once: offline alerts stay incremental
@@ -65,8 +69,9 @@ class RunCache:
 
     def refresh(self) -> None:
         """Read what was appended since the last call (only complete lines)."""
-        if self._shrunk(self.train) or self._shrunk(self.alerts_tail):
+        if self._shrunk(self.train) or self._shrunk(self.alerts_tail) or self._shrunk(self.phases_tail):
             self._reset()
+        self._read_phases()
         new = self.train.read_new()
         self.steps.extend(new)
         self.alerts.extend(self.alerts_tail.read_new())
@@ -74,6 +79,14 @@ class RunCache:
             for rec in new:
                 if not rec.get("rank", 0):  # the rules judge rank 0's metrics
                     self.monitor.observe(rec)
+
+    def _read_phases(self) -> None:
+        """Append new phase records, keeping only the steps the live per-rank view shows."""
+        self.phases.extend(PhaseRecord.from_dict(d) for d in self.phases_tail.read_new())
+        steps = sorted({p.step for p in self.phases})
+        if len(steps) > 2 * RANK_STEPS_LIVE:  # trim in batches, not on every poll
+            keep = steps[-RANK_STEPS_LIVE]
+            self.phases = [p for p in self.phases if p.step >= keep]
 
     def _json(self, path: Path) -> dict:
         try:
@@ -97,7 +110,8 @@ class RunCache:
                                for rel in profile[kind]}
             return {"name": name, "gen": self.gen, "reset": reset, "exists": True, "info": info,
                     "steps": columns(new), "alerts": alerts, "alerts_source": source,
-                    "memory": self._json(self.rd.memory_json), "profile": profile, "breakdown": {"rows": [], "bottleneck": ""}}
+                    "memory": self._json(self.rd.memory_json), "profile": profile, "breakdown": {"rows": [], "bottleneck": ""},
+                    "ranks": rank_view(self.phases, RANK_STEPS_LIVE)}
 
 
 class Dashboard:

@@ -37,10 +37,11 @@
     if (!cur || upd.reset) { state[name] = Object.assign(upd, { gone: false }); return true; }
     const changed = upd.steps.step.length > 0 || upd.alerts.length !== cur.alerts.length ||
       JSON.stringify(upd.memory) !== JSON.stringify(cur.memory) || cur.gone ||
-      JSON.stringify(upd.profile) !== JSON.stringify(cur.profile);
+      JSON.stringify(upd.profile) !== JSON.stringify(cur.profile) ||
+      ((upd.ranks && upd.ranks.rows) || []).length !== ((cur.ranks && cur.ranks.rows) || []).length;
     appendColumns(cur.steps, upd.steps);
     Object.assign(cur, { alerts: upd.alerts, alerts_source: upd.alerts_source, info: upd.info, memory: upd.memory,
-      profile: upd.profile, breakdown: upd.breakdown, gone: false });
+      profile: upd.profile, breakdown: upd.breakdown, ranks: upd.ranks, gone: false });
     return changed;
   }
 

@@ -213,6 +213,56 @@
     });
   }
 
+  // ---- multi-rank runs: one phase timeline per rank, for a chosen step ----------------
+  function rankTraces(rv, step) {
+    const traces = {};
+    for (const [s, rank, pi, start, sec] of rv.rows) {
+      if (s !== step) continue;
+      const name = rv.phases[pi], child = name in rv.parents;
+      const t = traces[name] || (traces[name] = { type: "bar", orientation: "h", name: name, x: [], base: [], y: [],
+        width: child ? 0.3 : 0.7, marker: { color: PALETTE[pi % PALETTE.length] },
+        hovertemplate: name + ": %{x:.4f} s from %{base:.4f} s<extra>%{y}</extra>" });
+      t.x.push(sec); t.base.push(start); t.y.push("rank " + rank);
+    }
+    return Object.values(traces);
+  }
+
+  function stragglerText(rv, step) {
+    const f = (rv.straggler || {})[String(step)];
+    if (!f) return "Step " + step + ": not every rank has written this step yet.";
+    return "Step " + step + ": rank " + f.rank + " is the slowest, busy " + fmt(f.busy[String(f.rank)]) +
+      " s (" + fmt(f.ratio) + "x the median rank" + (f.phase ? "; " + f.phase + " makes the difference" : "") +
+      "). Busy = the rank's phases except comm, where the others wait.";
+  }
+
+  function renderRanks(root, runs) {
+    const multi = runs.map((r, i) => [r, i]).filter(([r]) => r.ranks && r.ranks.world > 1);
+    const old = document.getElementById("rk-ranks");
+    if (!multi.length) { if (old) old.remove(); return; }
+    const sec = ensure(root, "rk-ranks", "section");
+    if (!sec.firstChild) sec.appendChild(el("h2", { text: "Per rank: phase timeline of one step" }));
+    for (const [run, ri] of multi) {
+      const rv = run.ranks;
+      const box = ensure(sec, "ranks-" + ri, "div", "group");
+      if (!box.firstChild) box.appendChild(el("h3", { text: run.name + " (" + rv.world + " ranks)" }));
+      const pick = ensure(box, "rank-step-" + ri, "select");
+      const chosen = pick.dataset.user ? Number(pick.value) : rv.steps[rv.steps.length - 1];  // follow the newest until the user picks
+      pick.replaceChildren(...rv.steps.map((s) => el("option", { value: String(s), text: "step " + s })));
+      pick.value = String(rv.steps.includes(chosen) ? chosen : rv.steps[rv.steps.length - 1]);
+      const draw = () => {
+        const step = Number(pick.value);
+        ensure(box, "rank-straggler-" + ri, "p", "bottleneck").textContent = stragglerText(rv, step);
+        Plotly.react(ensure(box, "chart-ranks-" + ri, "div", "chart"), rankTraces(rv, step), {
+          barmode: "overlay", title: { text: "phases per rank, step " + step }, height: 120 + 40 * rv.world,
+          xaxis: { title: { text: "seconds since the rank's first phase of the step" } },
+          yaxis: { type: "category", autorange: "reversed" }, margin: { t: 40, r: 20, b: 50, l: 70 } },
+        { responsive: true, displaylogo: false });
+      };
+      pick.onchange = () => { pick.dataset.user = "1"; draw(); };
+      draw();
+    }
+  }
+
   // ---- where the memory goes ---------------------------------------------------------
   function renderMemory(root, runs) {
     const withMem = runs.map((r, i) => [r, i]).filter(([r]) => r.memory && Object.keys(r.memory).length);
@@ -311,6 +361,7 @@
     renderAlerts(root, runs);
     renderMetrics(root, schema, runs);
     renderPhases(root, schema, runs);
+    renderRanks(root, runs);
     renderMemory(root, runs);
     renderProfile(root, runs);
     renderConfig(root, runs);
