@@ -77,8 +77,9 @@ train_real: $(REAL)
 tensorboard: $(RUNTIME)
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
 
+# The real-model tests (marked `real`) take minutes on 2 CPU cores, so they run in `make test-real`.
 test: $(DEV) $(SYSTEM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not real"
 
 test-real: $(DEV) $(REAL)
 	$(PY) -m pytest -q -m real tests/test_real_model.py
