@@ -70,6 +70,8 @@ class RunConfig:
     tensorboard: bool = _f(True, "write TensorBoard scalars")
     progress: bool = _f(True, "show a progress bar")
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default", nonneg=True)
+    memory: bool = _f(False, "measure memory per phase and category on the first 2 steps and write "
+                      "memory.json beside the prediction for the same config (slows those steps)")
     sample_prompts: int = _f(0, "print greedy completions of the first N fixed prompts before and after "
                              "training, and save them to samples.json; 0 prints none", nonneg=True)
 

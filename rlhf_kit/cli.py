@@ -27,18 +27,25 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def instrument_hooks() -> list:
-    """The instruments every training run of the kit's runner gets: the live stability monitor."""
+def instrument_hooks(config) -> list:
+    """The instruments a training run of the kit's runner gets: the live stability monitor always,
+    measured memory (memory.json) with --memory."""
     from rlhf_kit.stability.monitor import StabilityMonitor
 
-    return [StabilityMonitor()]
+    hooks: list = [StabilityMonitor()]
+    if config.run.memory:
+        from rlhf_kit.memory.measure import MemoryHook
+
+        hooks.append(MemoryHook(output_dir=config.run.output_dir))
+    return hooks
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """`python train.py` / `rlhf-kit train`: the runner with the default instruments attached."""
     import rlhf_core.train as runner
 
-    runner.train(runner.parse_config(argv), hooks=instrument_hooks())
+    config = runner.parse_config(argv)
+    runner.train(config, hooks=instrument_hooks(config))
     return 0
 
 

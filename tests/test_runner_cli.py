@@ -161,3 +161,13 @@ def test_sigkill_leaves_every_finished_step_readable(tmp_path):
         f.write(json.dumps({"step": 999})[:7])
     with pytest.warns(TornLineWarning):
         assert [r["step"] for r in read_jsonl(log)] == steps
+
+
+def test_memory_flag_writes_measured_and_predicted_memory(tmp_path):
+    res = run_cli("train.py", "--epochs", "1", "--steps_per_epoch", "2", *TINY, "--output_dir", str(tmp_path),
+                  "--run_name", "mem", "--memory", "true")
+    assert res.returncode == 0, res.stderr
+    memory = load_run(tmp_path / "mem").memory
+    for phase in ("rollout", "scoring", "update"):
+        predicted, measured = memory["predicted_peak"][phase], memory["measured_peak"][phase]
+        assert abs(predicted - measured) <= 0.1 * measured, (phase, predicted, measured)
