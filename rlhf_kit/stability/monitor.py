@@ -88,7 +88,9 @@ class StabilityMonitor:
         self._ranks = _RankBuffer(world, JsonlTail(path) if path else None)
 
     def on_step_end(self, record: dict, phases: list[PhaseRecord]) -> list[Alert]:
-        return self.observe(with_straggler(record, self._ranks.newest(phases)))
+        # only rank 0 judges stragglers: another rank's monitor would re-read the whole phases log for nothing
+        fig = None if record.get("rank", 0) else self._ranks.newest(phases)
+        return self.observe(with_straggler(record, fig))
 
     # ---- the logic -------------------------------------------------------------------
     def _remember(self, record: dict) -> None:
