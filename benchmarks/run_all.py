@@ -18,6 +18,7 @@ BENCHMARKS = [
     ("profiler overhead: phase timing off vs on, memory tracking and --trace", ["profile_overhead.py"]),
     ("dashboard: 10,000-step report render and live update request", ["dashboard_speed.py"]),
     ("memory optimizer: predicted vs measured peaks", ["memory_accuracy.py"]),
+    ("multi-rank instruments: per-rank table, straggler rule, rank view, live tail cost", ["multirank_instruments.py"]),
 ]
 
 
