@@ -19,8 +19,9 @@ Example:
 
 Known limitations:
     - Busy time counts only what the runner put in phases; time outside every phase (`other`) is
-      not attributed to a rank, and a runner that hides the all-reduce inside `backward` (DDP's
-      overlapped hooks without a `comm` phase) shows the waiting as backward time on fast ranks.
+      not attributed to a rank. The gradient all-reduce of DDP runs inside `backward` (overlapped
+      buckets; the kit's runner does this too), so a rank slow in the update makes the others wait
+      in `backward`, not in `comm`, and the figure understates that straggler.
     - On CUDA, phase seconds are GPU time while `start` is host time, so timelines are approximate.
 """
 
@@ -119,6 +120,8 @@ def step_stragglers(phases: list[PhaseRecord]) -> dict[int, StepStraggler]:
     on the ranks that finished first would make the missing straggler invisible.
     """
     world = world_size(phases)
+    if world < 2:  # the common single-process run: skip building the table
+        return {}
     out = {}
     for step, ranks in sorted(by_step_rank(phases).items()):
         if len(ranks) == world:
