@@ -2,8 +2,8 @@
 
 Both sides train the same configuration through the real CLI, alternating (1 process, 2 processes,
 1 process, ...) so a busy machine slows both alike; medians come from the runs' own logs (first step
-dropped as warm-up). The 1-process side gets as many torch threads as the 2 ranks have together, so
-both use the same cores. On CPU this measures the overhead of the data-parallel machinery (`comm`,
+dropped as warm-up). One process runs with 2 torch threads (the cores the 2 ranks use together) and
+with 1 (what each rank has). On CPU this measures the overhead of the data-parallel machinery (`comm`,
 DDP's all-reduce inside `backward`), not GPU speed-up.
 
     .venv/bin/python benchmarks/ddp_scaling.py [--model_name small-gpt2] [--steps 4] [--rounds 2]
@@ -27,9 +27,11 @@ from rlhf_kit.runlog import load_run  # noqa: E402
 SHOWN = ("rollout", "advantages", "comm", "update", "backward")
 
 
-def run_once(nproc: int, flags: list[str], out: str, name: str) -> dict:
-    """Train once; medians over steps after the first of rank 0's step time and each rank's phases."""
-    threads = 2 if nproc == 1 else 1
+SIDES = ((1, 2), (1, 1), (2, 1))  # (processes, torch threads per process)
+
+
+def run_once(nproc: int, threads: int, flags: list[str], out: str, name: str) -> dict:
+    """Train once; medians over steps after the first of rank 0's step time and the slowest rank's phases."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = ([sys.executable, "train.py"] if nproc == 1 else
            [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}", "train.py"])
@@ -56,19 +58,20 @@ def main() -> None:
     flags = ["--model_name", args.model_name, "--batch_size", str(args.batch_size), "--max_new_tokens",
              str(args.max_new_tokens), "--epochs", "1", "--steps_per_epoch", str(args.steps + 1),
              "--save_every", "1000", "--device", "cpu", "--progress", "false", "--tensorboard", "false"]
-    results: dict[int, list[dict]] = {1: [], 2: []}
+    results: dict[tuple[int, int], list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as out:
         for i in range(args.rounds):
-            for nproc in (1, 2):
-                results[nproc].append(run_once(nproc, flags, out, f"n{nproc}_{i}"))
-    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
+            for nproc, threads in SIDES:
+                results[nproc, threads].append(run_once(nproc, threads, flags, out, f"n{nproc}t{threads}_{i}"))
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in results.items()}
     print(f"{args.model_name}, global batch {args.batch_size}, {args.max_new_tokens} new tokens, "
           f"{os.cpu_count()} CPU cores, medians of {args.rounds} runs x {args.steps} steps")
-    print(f"{'ms per step':<14}{'1 process':>12}{'2 ranks':>12}{'ratio':>8}")
+    print(f"{'ms per step':<14}" + "".join(f"{f'{n} proc x {t} thr':>16}" for n, t in SIDES))
     for key in ("step", *SHOWN):
-        a, b = 1000 * med[1][key], 1000 * med[2][key]
-        print(f"{key:<14}{a:>12.1f}{b:>12.1f}{(b / a if a else float('nan')):>8.2f}")
-    print(f"comm share of the 2-rank step: {med[2]['comm'] / med[2]['step']:.1%}")
+        print(f"{key:<14}" + "".join(f"{1000 * med[side][key]:>16.1f}" for side in SIDES))
+    ddp = med[2, 1]
+    print(f"2 ranks / 1 process x 1 thread, step time: {ddp['step'] / med[1, 1]['step']:.2f}; "
+          f"comm share of the 2-rank step: {ddp['comm'] / ddp['step']:.1%}")
 
 
 if __name__ == "__main__":

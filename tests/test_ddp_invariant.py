@@ -18,9 +18,11 @@ pytestmark = pytest.mark.slow
 
 WORLD = 2
 CASES = {  # name -> config overrides
-    "whole_batch_head": {"ppo_epochs": 2, "mini_batch_size": 0, "value_model": "head"},
-    "mini_batches_separate_critic": {"ppo_epochs": 2, "mini_batch_size": 2, "value_model": "separate"},
+    "whole_batch_head": {"ppo_epochs": 2, "mini_batch_size": 0, "value_model": "head", "sgd": False},
+    "mini_batches_separate_critic": {"ppo_epochs": 2, "mini_batch_size": 2, "value_model": "separate", "sgd": True},
 }
+# AdamW's first steps move each weight by about lr whatever the gradient's scale, which would hide a
+# wrong weighting of the ranks' gradients; plain SGD moves weights in proportion to the gradient.
 EXACT_METRICS = ("reward_mean", "reward_std", "reward_min", "reward_max", "kl_mean", "kl_std", "kl_k3_mean",
                  "return_mean", "value_mean", "explained_variance", "response_length_mean",
                  "response_length_std", "truncated_fraction", "grad_norm", "update_ratio", "policy_drift_kl")
@@ -38,16 +40,20 @@ def make_config(case: str):
     return cfg.validate()
 
 
-def make_trainer(cfg, dist=None):
+def make_trainer(case, dist=None):
     from rlhf_core.distributed import DDPPPOTrainer
     from rlhf_core.policy import PolicyModel
     from rlhf_core.ppo import PPOTrainer, set_seed
     from rlhf_core.reward import ToyRewardModel
 
+    cfg = make_config(case)
     set_seed(cfg.run.seed)
     policy = PolicyModel("tiny-gpt2", "cpu", quiet=True)
     args = (policy, policy.frozen_copy(), ToyRewardModel("cpu", tokenizer=policy.tokenizer), "cpu")
-    return DDPPPOTrainer(*args, config=cfg, dist=dist) if dist else PPOTrainer(*args, config=cfg)
+    trainer = DDPPPOTrainer(*args, config=cfg, dist=dist) if dist else PPOTrainer(*args, config=cfg)
+    if CASES[case]["sgd"]:
+        trainer.optimizer = torch.optim.SGD(trainer.params, lr=0.5)
+    return trainer
 
 
 def fixed_rollout(trainer):
@@ -101,9 +107,8 @@ def worker(rank: int, rdv: str, out: str) -> None:
     try:
         result = {}
         for case in CASES:
-            cfg = make_config(case)
             r = torch.load(os.path.join(out, f"rollout_{case}.pt"), weights_only=False)
-            trainer = make_trainer(cfg, DistContext(rank=rank, world_size=WORLD))
+            trainer = make_trainer(case, DistContext(rank=rank, world_size=WORLD))
             local = take(r, [rank, rank + 2])
             kl, upd = trainer.learn(local)
             metrics = metrics_of(trainer, local, kl, upd)
@@ -119,7 +124,7 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     reference = {}
     for case in CASES:
-        trainer = make_trainer(make_config(case))
+        trainer = make_trainer(case)
         r = fixed_rollout(trainer)
         torch.save(r, out / f"rollout_{case}.pt")
         kl, upd = reference_update(trainer, r, case)
@@ -134,7 +139,7 @@ def results(tmp_path_factory):
 def test_ddp_update_equals_single_process_update(results, case):
     reference, ranks = results
     ref_params = reference[case]["params"]
-    initial = make_trainer(make_config(case)).params
+    initial = make_trainer(case).params
     moved = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(ref_params, initial))
     assert moved > 1e-4  # the update did move the weights, so agreement below means something
     for rank in ranks:
