@@ -158,16 +158,17 @@ class UpdateForward(nn.Module):
         log-probs (B, N), entropy (B, N), values (B, N).
     """
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module, temperature: float):
+    def __init__(self, policy: nn.Module, value_model: nn.Module, temperature: float, entropy_grad: bool = True):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
         self.temperature = temperature
+        self.entropy_grad = entropy_grad
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, response_start: int):
         head = isinstance(self.value_model, ValueHead)
         s = self.policy.score(sequences, attention_mask, response_start, self.temperature,
-                              with_entropy=True, with_hidden=head)
+                              with_entropy=True, with_hidden=head, entropy_grad=self.entropy_grad)
         values = self.value_model(s.hidden) if head else self.value_model(sequences, attention_mask, response_start)
         return s.logprobs, s.entropy, values
 
@@ -232,7 +233,7 @@ class DDPPPOTrainer(PPOTrainer):
         self.generator.manual_seed(rank_seed(self.cfg.run.seed, self.rank))
         cuda = self.device.type == "cuda"
         self.ddp = nn.parallel.DistributedDataParallel(
-            UpdateForward(self.policy, self.value_model, self.cfg.rollout.temperature),
+            UpdateForward(self.policy, self.value_model, self.cfg.rollout.temperature, self.cfg.ppo.ent_coef > 0),
             device_ids=[self.device.index] if cuda else None)
         self._plan: deque[tuple[float, float]] = deque()
         self._scale = 1.0

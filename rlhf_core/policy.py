@@ -32,15 +32,21 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from softmax(logits): (B, V) -> (B,).
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits): (B, V) -> tokens (B,), their log-probs (B,), and
+    logsumexp(logits) (B,) for reading other tokens' log-probs.
 
-    The exponential race argmax(p / E), E ~ Exp(1) (the Gumbel-max trick in another form; what
-    torch.multinomial does internally for one draw) samples exactly from softmax(logits) without
-    first materialising the normalised probabilities.
+    Inverse-CDF sampling: one uniform number per row against the cumulative probabilities. It draws
+    from the same distribution as torch.multinomial, which (like the exponential race) spends a
+    random number on every vocabulary entry: on CPU that was 12x slower for a 50257-word vocabulary
+    (benchmarks/limits.py measures the rollout against raw `generate`).
     """
-    race = torch.empty_like(logits, dtype=torch.float32).exponential_(1.0, generator=generator)
-    return torch.argmax(logits.float() - race.log_(), dim=-1)
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)                              # (B, 1)
+    cdf = torch.exp(logits - lse).cumsum_(dim=-1)                                    # (B, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)    # (B, 1)
+    return tokens.squeeze(-1), (logits.gather(-1, tokens) - lse).squeeze(-1), lse.squeeze(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -111,10 +117,12 @@ class PolicyModel(nn.Module):
         tokens, logps = [], []
         for t in range(max_new_tokens):
             scaled = logits.float() / temperature                                        # (B, V)
-            nxt = sample_tokens(scaled, generator)                                       # (B,)
+            nxt, logp, lse = sample_tokens(scaled, generator)                            # (B,) each
+            # finished rows emit EOS padding, with the log-prob EOS has there (no host sync needed)
             nxt = torch.where(done, torch.full_like(nxt, self.eos_token_id), nxt)
+            logp = torch.where(done, scaled[:, self.eos_token_id] - lse, logp)
             tokens.append(nxt)
-            logps.append(gather_logprobs(scaled, nxt))
+            logps.append(logp)
             done |= nxt == self.eos_token_id
             if t == max_new_tokens - 1:
                 break
@@ -128,7 +136,8 @@ class PolicyModel(nn.Module):
 
     # ---- scoring ------------------------------------------------------------------
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
-              temperature: float = 1.0, with_entropy: bool = False, with_hidden: bool = False) -> Scores:
+              temperature: float = 1.0, with_entropy: bool = False, with_hidden: bool = False,
+              entropy_grad: bool = True) -> Scores:
         """One forward over the whole sequence; log-probs (and more) of the response tokens only.
 
         Args:
@@ -136,13 +145,12 @@ class PolicyModel(nn.Module):
         Returns:
             Scores over the N = T - response_start response positions.
         """
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        hidden = trunk_hidden(self.model.base_model, input_ids, attention_mask)
         hidden = hidden[:, response_start - 1:-1]                                     # (B, N, H)
         logits = self.model.get_output_embeddings()(hidden) / temperature             # (B, N, V)
         return Scores(
             logprobs=gather_logprobs(logits, input_ids[:, response_start:]),
-            entropy=entropy_from_logits(logits) if with_entropy else None,
+            entropy=None if not with_entropy else entropy_from_logits(logits) if entropy_grad else _no_grad_entropy(logits),
             hidden=hidden if with_hidden else None,
         )
 
@@ -182,6 +190,18 @@ class PolicyModel(nn.Module):
         self.model.load_state_dict(loaded.state_dict())
 
 
+@torch.no_grad()
+def _no_grad_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy as a statistic only: no autograd graph over the (B, N, V) softmax (ent_coef = 0)."""
+    return entropy_from_logits(logits)
+
+
+def trunk_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of a transformer trunk over whole sequences (no KV cache): (B, T) -> (B, T, H)."""
+    return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 use_cache=False).last_hidden_state
+
+
 class ValueHead(nn.Module):
     """V(s) from trunk hidden states: (B, N, H) -> (B, N). Zero-initialised output bias."""
 
@@ -206,8 +226,7 @@ class SeparateCritic(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
         """(B, T) -> values of the response positions (B, N)."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        hidden = trunk_hidden(self.trunk, input_ids, attention_mask)
         return self.head(hidden[:, response_start - 1:-1])
 
 

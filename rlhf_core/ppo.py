@@ -103,7 +103,7 @@ class PPOTrainer:
         """The update's forward: policy Scores (log-probs, entropy) and values (B, N) of a mini-batch."""
         head = isinstance(self.value_model, ValueHead)
         s = self.policy.score(mb.sequences, mb.attention_mask, mb.response_start, self.cfg.rollout.temperature,
-                              with_entropy=True, with_hidden=head)
+                              with_entropy=True, with_hidden=head, entropy_grad=self.cfg.ppo.ent_coef > 0)
         values = self.value_model(s.hidden) if head else self.value_model(mb.sequences, mb.attention_mask, mb.response_start)
         return s, values
 
