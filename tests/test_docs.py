@@ -24,5 +24,5 @@ def test_readme_commands_exist():
     makefile = (ROOT / "Makefile").read_text()
     for target in set(re.findall(r"^\s*make ([\w-]+)", readme, re.M)):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"README shows `make {target}`, Makefile lacks it"
-    for cmd in set(re.findall(r"rlhf-kit ([a-z-]+)", readme)):
+    for cmd in set(re.findall(r"rlhf-kit ([a-z][a-z-]*)", readme)):
         assert cmd in COMMANDS, f"README shows `rlhf-kit {cmd}`, which does not exist"

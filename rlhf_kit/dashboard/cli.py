@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -60,6 +61,8 @@ def dashboard_main(argv: Sequence[str] | None = None) -> int:
     print(f"RLHF dashboard for {root.resolve()} at http://{host}:{bound}/  (Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("warning: bound beyond this machine; the dashboard has no authentication", file=sys.stderr)
+    # Ctrl-C must stop the server even when it was started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
