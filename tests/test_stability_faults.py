@@ -59,3 +59,34 @@ def test_healthy_default_run_raises_nothing_at_warning_or_above(tmp_path):
                         "--max_new_tokens", "10")
     assert len(run.steps) == 8
     assert serious(alerts) == []
+
+
+# Reward hacking needs a reward the random-init policy can game within a test's few steps:
+# - `--reward_type length` with `--max_new_tokens 8` pays 0.25 per word up to its 8-word peak, so every
+#   response token that starts a new word (GPT-2's space-prefixed tokens, 66% of the vocabulary) is
+#   paid; the policy need not emit EOS, so the length stays pinned at max_new_tokens.
+# - `--temperature 0.15` sharpens small-gpt2's near-uniform sampling (10.8 nats/token at 1.0, about
+#   8 here): a policy spread over 50,257 tokens cannot concentrate on the paid ones in 12 steps (no
+#   reward rose at temperature 1.0 for learning rates 1e-4 to 1e-2), one spread over a few thousand can.
+# - `--learning_rate 2e-4` (20x the default) with 4 PPO epochs; half of it (1e-4) hacked in 1 of 2 seeds.
+# - `--threads 1`: these runs are tiny, so one thread uses about a quarter of the CPU time of torch's default
+#   on this loaded 2-core box (28 s vs 123 s for the same 12 steps).
+# Measured (seed 42): reward 0.34 -> 0.77 and kl_mean 0 -> 37 nats over steps 1-8, alert at step 8;
+# seeds 1, 2, 3, 4 alerted at steps 8, 8, 12, 8.
+HACK = ["--model_name", "small-gpt2", "--epochs", "1", "--steps_per_epoch", "12", "--batch_size", "8",
+        "--max_new_tokens", "8", "--ppo_epochs", "4", "--reward_type", "length", "--temperature", "0.15",
+        "--learning_rate", "2e-4", "--threads", "1"]
+
+
+def test_kl_coef_0_with_an_exploitable_reward_raises_reward_hacking(tmp_path):
+    alerts, run = train(tmp_path, "hack", *HACK, "--kl_coef", "0")
+    hacks = [a for a in alerts if a.rule == "reward_hacking"]
+    assert hacks, f"no reward_hacking alert in {len(run.steps)} steps: {serious(alerts)}"
+    # the signature's three legs, read back from the log rather than from the alert
+    steps = {r["step"]: r for r in run.steps}
+    first = hacks[0].step
+    window = [steps[s] for s in range(first - 7, first + 1)]
+    mean = lambda rows: sum(r["reward_mean"] for r in rows) / len(rows)  # noqa: E731
+    assert mean(window[-2:]) > mean(window[:2])
+    assert window[-1]["kl_mean"] >= 3.0
+    assert window[-1]["truncated_fraction"] >= 0.9
