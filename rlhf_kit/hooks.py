@@ -172,14 +172,20 @@ class HookBus:
             timed["step_seconds"] = step_seconds
             timed.update(throughput(phases, step_seconds))
         record = step_record(step, epoch, {**metrics, **timed}, rank=self.rank)
-        alerts = []
+        self.emit_step(record, phases)
+        return record
+
+    def emit_step(self, record: dict, phases: list[PhaseRecord]) -> list[Alert]:
+        """Hand a finished step to every hook, then every alert the hooks returned to every hook.
+        `end_step` calls it; so do writers of steps measured elsewhere (offline imports)."""
+        alerts: list[Alert] = []
         for hook in self.hooks:
             fn = getattr(hook, "on_step_end", None)
             if fn is not None:
                 alerts.extend(fn(record, phases) or ())
         for alert in alerts:
             self.alert(alert)
-        return record
+        return alerts
 
 
 def throughput(phases: list[PhaseRecord], step_seconds: float) -> dict[str, float]:

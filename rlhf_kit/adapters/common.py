@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Iterable
 
 from rlhf_kit.events import METRIC_BY_NAME, PHASE_PARENT, PhaseRecord, RunInfo, step_record
+from rlhf_kit.hooks import HookBus
 from rlhf_kit.runlog import RunDir, RunLogHook
 
 # Per-phase times of several framework keys add up (veRL's update_actor + update_critic = update);
@@ -142,11 +143,9 @@ class RunWriter:
             monitor = stability_monitor()
             monitors = [monitor] if monitor is not None else []
         self.hooks: list[Any] = [self.log, *monitors]
+        self.bus = HookBus(self.hooks, timing=False)
         self.alerts = 0
-        for hook in self.hooks:
-            fn = getattr(hook, "on_run_start", None)
-            if fn is not None:
-                fn(info)
+        self.bus.run_start(info)
 
     def write_step(self, step: int, epoch: int, metrics: dict[str, float],
                    phases: list[PhaseRecord], timestamp: str | None = None) -> dict:
@@ -160,21 +159,8 @@ class RunWriter:
         record = step_record(step, epoch, metrics)
         if timestamp:
             record["timestamp"] = timestamp
-        alerts = []
-        for hook in self.hooks:
-            fn = getattr(hook, "on_step_end", None)
-            if fn is not None:
-                alerts.extend(fn(record, phases) or ())
-        for alert in alerts:
-            self.alerts += 1
-            for hook in self.hooks:
-                fn = getattr(hook, "on_alert", None)
-                if fn is not None:
-                    fn(alert)
+        self.alerts += len(self.bus.emit_step(record, phases))
         return record
 
     def close(self) -> None:
-        for hook in self.hooks:
-            fn = getattr(hook, "on_run_end", None)
-            if fn is not None:
-                fn()
+        self.bus.run_end()
