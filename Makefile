@@ -71,8 +71,9 @@ train_full: $(RUNTIME)
 
 # PPO on SmolLM2-135M-Instruct, CPU, 2 threads; see docs/real-model.md for what it shows and how long it takes.
 train_real: $(REAL)
-	$(PY) train.py --model_name smollm2-135m --device cpu --threads 2 --epochs 3 --steps_per_epoch 8 \
-	  --batch_size 4 --max_new_tokens 10 --learning_rate 5e-5 --kl_coef 0.1 --sample_prompts 5 --run_name smollm2_real
+	$(PY) train.py --model_name smollm2-135m --device cpu --threads 2 --epochs 2 --steps_per_epoch 8 \
+	  --batch_size 8 --mini_batch_size 4 --ppo_epochs 2 --max_new_tokens 10 --learning_rate 3e-5 --kl_coef 0.1 \
+	  --sample_prompts 5 --run_name smollm2_real
 
 tensorboard: $(RUNTIME)
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
