@@ -78,7 +78,7 @@ def memory_main(argv: Sequence[str] | None = None) -> int:
             from rlhf_core import models
         except ImportError:  # the instruments work without the runner: presets are then unknown
             return None
-        if name not in models.PRESETS and name not in models.ALIASES:
+        if name not in models.PRESETS and name not in models.ALIASES and name not in models.REAL_MODELS:
             return None
         from transformers import AutoConfig
 
