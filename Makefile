@@ -63,11 +63,15 @@ check: $(RUNTIME)
 train_smoke: $(RUNTIME)
 	$(PY) train.py --epochs 2 --steps_per_epoch 6 --batch_size 2 --max_new_tokens 10
 
+# A reward the random small-gpt2 can learn in minutes (length: space-prefixed tokens start words),
+# sampled at a low temperature, with the adaptive KL controller holding KL near 15 nats.
 train_quick: $(RUNTIME)
-	$(PY) train.py --model_name small-gpt2 --epochs 5 --steps_per_epoch 10 --batch_size 8 --max_new_tokens 15 --learning_rate 1e-4
+	$(PY) train.py --model_name small-gpt2 --epochs 5 --steps_per_epoch 10 --batch_size 8 --max_new_tokens 8 \
+	  --reward_type length --temperature 0.2 --learning_rate 2e-4 --ppo_epochs 4 --kl_coef 0.1 --target_kl 15 --run_name quick
 
 train_full: $(RUNTIME)
-	$(PY) train.py --model_name small-gpt2 --epochs 10 --steps_per_epoch 15 --batch_size 8 --max_new_tokens 20 --learning_rate 1e-4
+	$(PY) train.py --model_name small-gpt2 --epochs 10 --steps_per_epoch 15 --batch_size 8 --max_new_tokens 8 \
+	  --reward_type length --temperature 0.2 --learning_rate 2e-4 --ppo_epochs 4 --kl_coef 0.1 --target_kl 15 --run_name full
 
 # PPO on SmolLM2-135M-Instruct, CPU, 2 threads; see docs/real-model.md for what it shows and how long it takes.
 train_real: $(REAL)

@@ -203,12 +203,12 @@ def trunk_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 
 class ValueHead(nn.Module):
-    """V(s) from trunk hidden states: (B, N, H) -> (B, N). Zero-initialised output bias."""
+    """V(s) from trunk hidden states: (B, N, H) -> (B, N). Starts at V = 0 (zero weight and bias)."""
 
     def __init__(self, hidden: int):
         super().__init__()
         self.linear = nn.Linear(hidden, 1)
-        nn.init.normal_(self.linear.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.linear.weight)  # V = 0 until learned: no noise larger than the reward spread
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
