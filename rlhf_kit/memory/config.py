@@ -86,6 +86,7 @@ class MemoryConfig:
         reward_model: "model" (a neural scorer with the policy's backbone) or "none" (rule-based).
         optimizer: "adamw" | "sgd" | "adam8bit" (bitsandbytes-style blockwise 8-bit states).
         foreach: the optimizer's multi-tensor path (CUDA's default; temporaries over all params).
+        fused: AdamW's fused kernel (the kit's runner uses it on CPU and CUDA; no temporaries).
         grad_checkpointing: recompute block activations in backward instead of keeping them.
         lora_rank: >0 trains rank-r adapters on every linear layer in the blocks; the reference is
             the base model without adapters, so no second copy is held.
@@ -107,6 +108,7 @@ class MemoryConfig:
     reward_model: str = "model"
     optimizer: str = "adamw"
     foreach: bool = False
+    fused: bool = True
     grad_checkpointing: bool = False
     lora_rank: int = 0
     offload: dict = field(default_factory=dict)

@@ -161,6 +161,8 @@ def make_optimizer(cfg: MemoryConfig, params: list[nn.Parameter]) -> torch.optim
         return torch.optim.SGD(params, lr=1e-5)  # no momentum: no state
     if cfg.optimizer == "adam8bit":
         return Adam8bitStates(params)
+    if cfg.fused:
+        return torch.optim.AdamW(params, lr=1e-5, fused=True)
     return torch.optim.AdamW(params, lr=1e-5, foreach=cfg.foreach)
 
 
@@ -262,11 +264,14 @@ def response_logprobs(lm: nn.Module, seq: torch.Tensor, mask: torch.Tensor, prom
     hidden = lm.base_model(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
     hidden = hidden[:, prompt_len - 1:-1]  # (B, N, H)
     logits = lm.get_output_embeddings()(hidden) / 1.0  # (B, N, V), temperature
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)  # (B, N)
+    logits = logits.float()
+    logp = logits.gather(-1, seq[:, prompt_len:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, N)
     ent = None
-    if entropy:
-        lp = torch.log_softmax(logits.float(), dim=-1)  # (B, N, V)
-        ent = -(lp.exp() * lp).sum(-1)  # (B, N)
+    if entropy:  # a statistic only (the runner's default ent_coef = 0): no autograd graph over (B, N, V)
+        with torch.no_grad():
+            lp = torch.log_softmax(logits, dim=-1)  # (B, N, V)
+            ent = -(lp.exp() * lp).sum(-1)  # (B, N)
+            del lp
     values = v_head(hidden.float()).squeeze(-1) if v_head is not None else None  # (B, N)
     return logp, values, ent
 
@@ -295,8 +300,10 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     prompt = torch.randint(0, vocab, (B, P))  # (B, P)
     prompt_mask = torch.ones_like(prompt)
 
-    # Steady state: from the second iteration on, the optimizer state is alive in every phase.
+    # Steady state: from the second iteration on, the optimizer state is alive in every phase, and so
+    # is the runner's copy of the trainable weights for the update-to-weight ratio (a buffer it keeps).
     _warm_optimizer(optimizer, [p for _, p in models.trainable()])
+    snapshot = [p.detach().clone() for _, p in models.trainable()] if cfg.param_snapshot else []
 
     # step 1. rollout: sample N tokens per prompt
     tracker.start_phase("rollout")
@@ -333,8 +340,6 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     if models.critic is not None:
         models.critic.train()
     trainable = [p for _, p in models.trainable()]
-    # the kit's runner keeps a copy of the trainable weights for the update-to-weight ratio
-    snapshot = [p.detach().clone() for p in trainable] if cfg.param_snapshot else []
     # Two optimizer steps of up to two micro-batches each (the second accumulates into existing
     # gradients); every later step repeats the pattern.
     steps = [mb for _ in range(cfg.ppo_epochs) for mb in _splits(B, cfg.mini)][:2]
@@ -348,7 +353,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
             adv = advantages[idx]
             pg = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
             vf = 0.5 * ((values - returns[idx]) ** 2).mean()
-            ((pg + 0.1 * vf - 0.01 * ent.mean()) / (cfg.mini // cfg.micro)).backward()
+            ((pg + 0.1 * vf) / (cfg.mini // cfg.micro)).backward()
             del logp, values, ratio, pg, vf, ent
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
