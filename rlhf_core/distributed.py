@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from rlhf_core.config import TrainConfig
-from rlhf_core.policy import Scores, ValueHead
-from rlhf_core.ppo import PPOTrainer
+from rlhf_core.policy import Scores
+from rlhf_core.ppo import PPOTrainer, score_for_update
 from rlhf_core.rollout import Rollout
 from rlhf_kit.errors import UsageError
 
@@ -166,10 +166,8 @@ class UpdateForward(nn.Module):
         self.entropy_grad = entropy_grad
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, response_start: int):
-        head = isinstance(self.value_model, ValueHead)
-        s = self.policy.score(sequences, attention_mask, response_start, self.temperature,
-                              with_entropy=True, with_hidden=head, entropy_grad=self.entropy_grad)
-        values = self.value_model(s.hidden) if head else self.value_model(sequences, attention_mask, response_start)
+        s, values = score_for_update(self.policy, self.value_model, sequences, attention_mask, response_start,
+                                     self.temperature, self.entropy_grad)
         return s.logprobs, s.entropy, values
 
 

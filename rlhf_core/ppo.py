@@ -104,11 +104,8 @@ class PPOTrainer:
     # ---- step 3 ---------------------------------------------------------------------
     def _score_update(self, mb: Rollout) -> tuple[Any, torch.Tensor]:
         """The update's forward: policy Scores (log-probs, entropy) and values (B, N) of a mini-batch."""
-        head = isinstance(self.value_model, ValueHead)
-        s = self.policy.score(mb.sequences, mb.attention_mask, mb.response_start, self.cfg.rollout.temperature,
-                              with_entropy=True, with_hidden=head, entropy_grad=self.cfg.ppo.ent_coef > 0)
-        values = self.value_model(s.hidden) if head else self.value_model(mb.sequences, mb.attention_mask, mb.response_start)
-        return s, values
+        return score_for_update(self.policy, self.value_model, mb.sequences, mb.attention_mask, mb.response_start,
+                                self.cfg.rollout.temperature, entropy_grad=self.cfg.ppo.ent_coef > 0)
 
     def _losses(self, mb: Rollout) -> dict[str, torch.Tensor]:
         p = self.cfg.ppo
@@ -278,6 +275,17 @@ class PPOTrainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.step = state["step"]
         return state
+
+
+def score_for_update(policy: PolicyModel, value_model: torch.nn.Module, sequences: torch.Tensor,
+                     attention_mask: torch.Tensor, response_start: int, temperature: float,
+                     entropy_grad: bool) -> tuple[Any, torch.Tensor]:
+    """Policy Scores (log-probs, entropy, hidden) and values (B, N) of the response tokens, with grad."""
+    head = isinstance(value_model, ValueHead)
+    s = policy.score(sequences, attention_mask, response_start, temperature, with_entropy=True, with_hidden=head,
+                     entropy_grad=entropy_grad)
+    values = value_model(s.hidden) if head else value_model(sequences, attention_mask, response_start)
+    return s, values
 
 
 def _std(x: torch.Tensor) -> torch.Tensor:
