@@ -187,7 +187,8 @@ def _train(cfg: TrainConfig, hooks: Sequence[Any], timing: bool, dist: Any) -> R
         print(f"Resumed from {checkpoint} at step {start_step}")
     print("Models initialized successfully")
     print(f"Created {len(PROMPTS)} sample prompts")
-    shown = PROMPTS[:min(cfg.run.sample_prompts, len(PROMPTS))]
+    # rank 0 alone prints and writes the samples (other ranks would collide on samples.json)
+    shown = PROMPTS[:min(cfg.run.sample_prompts, len(PROMPTS))] if dist.is_main else ()
     if shown:  # greedy: draws no random numbers, so training is unchanged by it
         before = greedy_completions(policy.model, policy.tokenizer, shown, cfg.rollout.max_new_tokens)
         print(f"\nSamples before training (greedy):\n{format_samples(shown, before)}")
