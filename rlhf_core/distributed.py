@@ -245,7 +245,8 @@ class DDPPPOTrainer(PPOTrainer):
         kl, upd = self.learn(r)
         with self.bus.phase("comm"):
             g_r, g_kl, g_upd = self._gather_stats(r, kl, upd)
-        metrics = self._metrics(g_r, g_kl, g_upd)
+        with self.bus.phase("log"):
+            metrics = self._metrics(g_r, g_kl, g_upd)
         self.kl_ctl.update(metrics["kl_mean"], len(prompts) * self.world_size)
         self.last_rollout = r
         return metrics

@@ -81,7 +81,8 @@ class PPOTrainer:
         return self.value_model(r.sequences, r.attention_mask, r.response_start)  # (B, N)
 
     def make_rollout(self, prompts: Sequence[str], max_new_tokens: int) -> Rollout:
-        enc = self.policy.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        with self.bus.phase("rollout"):  # encoding the prompts is part of producing the rollout
+            enc = self.policy.tokenizer(list(prompts), return_tensors="pt", padding=True)
         score_fn = lambda texts: self.reward_model.compute_reward(texts, self.cfg.rollout.reward_type).to(self.device)  # noqa: E731
         return collect(self.policy, self.reference, self._values, score_fn,
                        enc.input_ids.to(self.device), enc.attention_mask.to(self.device), max_new_tokens,
@@ -187,8 +188,9 @@ class PPOTrainer:
         # step 3. update: PPO epochs over mini-batches
         with self.bus.phase("update"):
             upd = self.update(r)
-        # step 4. stats, one device-to-host transfer for all of them
-        metrics = self._metrics(r, kl, upd)
+        # step 4. stats, one device-to-host transfer for all of them (the "log" phase)
+        with self.bus.phase("log"):
+            metrics = self._metrics(r, kl, upd)
         self.kl_ctl.update(metrics["kl_mean"], len(prompts))
         self.last_rollout = r
         return metrics

@@ -124,7 +124,9 @@ METRICS: tuple[Metric, ...] = (
     _m("nan_count", "", "health", "Number of non-finite values found in the losses, gradients and rewards this iteration.", "0"),
     _m("update_skipped", "", "health", "1 when the update was skipped because of non-finite values, else 0.", "0"),
     # throughput
-    _m("step_seconds", "s", "throughput", "Wall-clock seconds of the whole iteration."),
+    _m("step_seconds", "s", "throughput", "Wall-clock seconds of the whole iteration, less instrument_seconds."),
+    _m("instrument_seconds", "s", "throughput", "Seconds the instruments' phase hooks (memory counters, trace labels) "
+       "took this iteration on the host; kept out of step_seconds and the phase times."),
     _m("tokens_per_second", "tokens/s", "throughput", "Generated tokens per second of wall-clock iteration time."),
     _m("rollout_tokens_per_second", "tokens/s", "throughput", "Generated tokens per second of the rollout phase alone."),
     # time per phase (seconds, summed over repeats inside the iteration)

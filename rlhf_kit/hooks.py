@@ -87,6 +87,7 @@ class HookBus:
         self._records: dict[str, PhaseRecord] = {}
         self._spans: list[tuple[PhaseRecord, Any]] = []
         self._step_span: Any = None
+        self._hook_seconds = 0.0  # time inside phase hooks this step (host clock)
 
     # ---- hook dispatch -------------------------------------------------------------
     def add(self, hook: Any) -> None:
@@ -117,8 +118,9 @@ class HookBus:
         self._step = step
         self._records = {}
         self._spans = []
-        self._step_start = time.perf_counter()
-        self._emit("on_step_start", step)
+        self._emit("on_step_start", step)  # before the clock starts: an instrument's own work (a
+        self._step_start = time.perf_counter()  # profiler's schedule step) is not the step's
+        self._hook_seconds = 0.0
         self._step_span = _CudaSpan(self._cuda) if self._cuda else None
 
     @contextmanager
@@ -139,8 +141,9 @@ class HookBus:
         if work:
             for key, value in work.items():
                 rec.work[key] = rec.work.get(key, 0) + value if isinstance(value, (int, float)) else value
-        self._emit("on_phase_start", name, self._step)
+        self._timed_emit("on_phase_start", name, self._step)
         span = _CudaSpan(self._cuda) if self._cuda else None
+        hooks_before = self._hook_seconds
         t = time.perf_counter()
         try:
             yield rec
@@ -149,9 +152,16 @@ class HookBus:
             if span is not None:
                 span.stop()
                 self._spans.append((rec, span))
-            elif self.timing:
-                rec.seconds += time.perf_counter() - t
-            self._emit("on_phase_end", rec)
+            elif self.timing:  # without the instruments' own time inside (nested phases' hooks)
+                rec.seconds += time.perf_counter() - t - (self._hook_seconds - hooks_before)
+            self._timed_emit("on_phase_end", rec)
+
+    def _timed_emit(self, method: str, *args: Any) -> None:
+        """Dispatch a phase event, adding the time the hooks take to `_hook_seconds`: instrument work
+        (memory counters, trace labels) is reported as `instrument_seconds`, not as the step's."""
+        t = time.perf_counter()
+        self._emit(method, *args)
+        self._hook_seconds += time.perf_counter() - t
 
     def end_step(self, step: int, epoch: int, metrics: dict[str, float]) -> dict:
         """Close the step: resolve timings, add `time/<phase>` and `step_seconds`, notify hooks.
@@ -159,7 +169,7 @@ class HookBus:
         Returns:
             The train.jsonl record (a new dict; `metrics` is not modified).
         """
-        step_seconds = time.perf_counter() - self._step_start
+        step_seconds = time.perf_counter() - self._step_start - self._hook_seconds
         if self._cuda is not None:
             self._step_span.stop()
             self._step_span.end.synchronize()  # the one CPU-GPU sync per step
@@ -171,6 +181,8 @@ class HookBus:
         if self.timing:
             timed["step_seconds"] = step_seconds
             timed.update(throughput(phases, step_seconds))
+            if self._hook_seconds > 0.0005:  # only when an instrument did measurable work
+                timed["instrument_seconds"] = self._hook_seconds
         record = step_record(step, epoch, {**metrics, **timed}, rank=self.rank)
         self.emit_step(record, phases)
         return record
