@@ -19,14 +19,13 @@ BENCHMARKS = [
     ("dashboard: 10,000-step report render and live update request", ["dashboard_speed.py"]),
     ("memory optimizer: predicted vs measured peaks", ["memory_accuracy.py"]),
     ("multi-rank instruments: per-rank table, straggler rule, rank view, live tail cost", ["multirank_instruments.py"]),
+    ("data-parallel PPO on torchrun: 1 process vs 2 ranks, comm share", ["ddp_scaling.py"]),
 ]
 
 
 def main() -> int:
     failed = []
     for title, cmd in BENCHMARKS:
-        if not (HERE / cmd[0]).exists():
-            continue
         print(f"\n=== {title} ({cmd[0]})", flush=True)
         if subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]]).returncode != 0:
             failed.append(cmd[0])
