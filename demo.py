@@ -180,7 +180,7 @@ class ToyPPO:
         """ppo_epochs passes of the clipped objective over the batch, plus the critic's regression."""
         c, n_tok = self.cfg, sum(len(r) for r in responses)
         start = list(self.theta)
-        clipped = ratios = 0
+        clipped = 0
         r_min, r_max, grad_norms, value_losses, pol_losses, akl = math.inf, 0.0, [], [], [], 0.0
         for _ in range(c.ppo_epochs):
             with bus.phase("forward"):

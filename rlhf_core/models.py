@@ -19,6 +19,7 @@ from typing import Any
 
 from rlhf_core.real_model import REAL_MODELS, ensure_real_model
 from rlhf_kit.errors import UsageError
+from rlhf_kit.runlog import cache_dir
 
 # name -> GPT2Config overrides. tiny-gpt2 has the shape of the public sshleifer/tiny-gpt2.
 PRESETS: dict[str, dict[str, int]] = {
@@ -28,13 +29,6 @@ PRESETS: dict[str, dict[str, int]] = {
 ALIASES = {"sshleifer/tiny-gpt2": "tiny-gpt2"}  # the seed's default: its embedded twin when offline
 PRESET_SEED = 1234
 EOS_ID = 50256
-
-
-def cache_dir() -> Path:
-    """Where built models live: $RLHF_KIT_CACHE, else ~/.cache/rlhf_kit."""
-    root = os.environ.get("RLHF_KIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlhf_kit")
-    return Path(root)
 
 
 def gpt2_tokenizer_files() -> tuple[Path, Path]:

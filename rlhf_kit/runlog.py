@@ -65,6 +65,14 @@ class RunDir:
         return self.run_json.exists() or self.train_log.exists()
 
 
+def cache_dir() -> Path:
+    """Where the kit keeps what it builds or measures once (models, calibrations):
+    $RLHF_KIT_CACHE, else $XDG_CACHE_HOME/rlhf_kit (~/.cache/rlhf_kit)."""
+    root = os.environ.get("RLHF_KIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlhf_kit")
+    return Path(root)
+
+
 def new_run_id(prefix: str = "run") -> str:
     """`run_YYYYmmdd_HHMMSS`, the seed's naming."""
     return f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}"

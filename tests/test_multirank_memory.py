@@ -4,10 +4,9 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-from rlhf_kit.memory.config import GPT2_SIZES, MemoryConfig
-from rlhf_kit.memory.placement import MODEL_STATES, plans, role_params, zero_model_states
+from rlhf_kit.memory.config import MemoryConfig
+from rlhf_kit.memory.placement import plans, role_params, zero_model_states
 from rlhf_kit.memory.predict import predict
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 from typing import Any, Callable, Sequence
 
 from rlhf_kit.errors import OneLineParser, UsageError

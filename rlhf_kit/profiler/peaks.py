@@ -26,6 +26,8 @@ import platform
 import time
 from pathlib import Path
 
+from rlhf_kit.runlog import cache_dir
+
 # (substring of torch.cuda.get_device_name, label, bf16/fp16 dense TFLOP/s, fp32 dense TFLOP/s)
 # Most specific names first: "H100 PCIe" must match before "H100".
 GPU_PEAKS: tuple[tuple[str, str, float, float], ...] = (
@@ -43,11 +45,6 @@ GPU_PEAKS: tuple[tuple[str, str, float, float], ...] = (
     ("4090", "RTX 4090", 165.0, 82.6),
     ("3090", "RTX 3090", 71.0, 35.6),
 )
-
-
-def cache_dir() -> Path:
-    """Where calibrations are cached: $RLHF_KIT_CACHE, else ~/.cache/rlhf_kit."""
-    return Path(os.environ.get("RLHF_KIT_CACHE") or Path.home() / ".cache" / "rlhf_kit")
 
 
 def cache_file() -> Path:
