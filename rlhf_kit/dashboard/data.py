@@ -21,11 +21,10 @@ Shapes:
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Any, Iterable
 
-from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, PHASES, TOP_LEVEL_PHASES, Alert
+from rlhf_kit.events import GROUPS, METRICS, PHASE_PARENT, PHASES, TOP_LEVEL_PHASES, Alert, clean_number
 from rlhf_kit.runlog import Run, RunDir
 
 # Keys of a step record that are bookkeeping, not metrics to chart.
@@ -69,13 +68,11 @@ def finite(obj: Any) -> Any:
 
     Only used when plain encoding failed: a run directory written by other tools may hold them.
     """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
-    return obj
+    return clean_number(obj)
 
 
 def alert_dicts(alerts: Iterable[Any]) -> list[dict]:
