@@ -101,7 +101,7 @@ def test_skipping_middle_decode_steps_keeps_the_rollout_peak():
     cfg = _tiny(max_new_tokens=9)
     jumped = trace_step(cfg).phase_peaks["rollout"].bytes
     original = program.sample.__defaults__
-    program.sample.__defaults__ = (False,)
+    program.sample.__defaults__ = (False, None)
     try:
         stepped = trace_step(cfg).phase_peaks["rollout"].bytes
     finally:

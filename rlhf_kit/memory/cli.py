@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+from functools import partial
 from typing import Any, Callable, Sequence
 
 from rlhf_kit.errors import OneLineParser, UsageError
@@ -48,6 +49,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--gpus", type=_positive("gpus"), default=0,
                    help="plan placement over N GPUs (replicated, frozen models apart, ZeRO 1-3); per-GPU peaks")
     p.add_argument("--suggest", action="store_true", help="list suggestions even when it fits")
+    p.add_argument("--full", action="store_true",
+                   help="trace every block of a deep model instead of a 2- and a 3-block copy (slower, same bytes)")
     p.add_argument("--json", help="also write the prediction and suggestions to this JSON file")
     return p
 
@@ -102,7 +105,8 @@ def main(argv: Sequence[str] | None = None, presets: Callable[[str], Any] | None
 
     args = build_parser().parse_args(argv)
     cfg, budget = config_from_args(args, presets)
-    pred = predict(cfg)
+    run = partial(predict, full=args.full)
+    pred = run(cfg)
     lines = [verdict(pred.peak, pred.peak_phase, budget), ""]
     for phase, roles in pred.phases.items():
         lines += phase_table(phase, roles, pred.peaks[phase])
@@ -110,12 +114,12 @@ def main(argv: Sequence[str] | None = None, presets: Callable[[str], Any] | None
     dist = distance(analytic, pred.peaks)
     lines.append("analytic estimate: " + ", ".join(
         f"{p} {human_bytes(analytic[p]['peak'])} ({100 * d:+.0f}% vs traced)" for p, d in dist.items()))
-    lines.append(f"traced in {pred.seconds:.1f} s on fake tensors; allocator overhead and the CUDA context "
+    lines.append(f"{pred.method} in {pred.seconds:.1f} s on fake tensors; allocator overhead and the CUDA context "
                  f"(~0.5 GB) not included; flash attention could lower the update peak by at most "
                  f"{human_bytes(flash_attention_gap(cfg))}")
     suggestions = []
     if args.suggest or (budget is not None and pred.peak > budget):
-        suggestions = suggest(cfg, pred, budget)
+        suggestions = suggest(cfg, pred, budget, run=run)
         lines += ["", "suggestions (each applied and re-predicted, ranked by memory saved):"]
         for i, s in enumerate(suggestions, 1):
             fit = "" if s.fits is None else ("  fits" if s.fits else "  still over")
@@ -125,7 +129,7 @@ def main(argv: Sequence[str] | None = None, presets: Callable[[str], Any] | None
     if args.gpus:
         from rlhf_kit.memory.placement import format_plans, plans
 
-        placement = plans(cfg, args.gpus)
+        placement = plans(cfg, args.gpus, predict_fn=run)
         lines += ["", f"placement on {args.gpus} GPUs (global batch {cfg.batch_size}; peak per GPU):"]
         lines += format_plans(placement, budget, human_bytes)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

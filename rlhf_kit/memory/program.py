@@ -203,16 +203,19 @@ def _splits(n: int, size: int) -> Iterator[slice]:
 
 
 def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: int,
-           jump: bool = True) -> torch.Tensor:
+           jump: bool = True, mark: Any = None) -> torch.Tensor:
     """Sampling with a KV cache, always `new_tokens` long. Returns (B, P + new_tokens) ids.
 
     With `jump`, the steps between the second and the last are skipped by growing every cache
     layer to the length it would have (same cat-and-free pattern as the cache's own update).
     Each decode step holds the same tensors as the one before, plus a longer cache, so the
     last step is the rollout's peak and skipping the middle changes no peak, only the time.
+    `mark(name)`, if given, names the cache growth as a site of its own (tracker.mark).
     """
     seq, cache, step_ids = prompt, None, prompt
     for i in range(new_tokens):
+        if jump and i == 2 and new_tokens > 3 and mark is not None:
+            mark("grow cache")
         if jump and i == 2 and new_tokens > 3 and _grow_cache(cache, new_tokens - 3):
             filler = torch.randint(0, 2, (seq.shape[0], new_tokens - 3), dtype=seq.dtype)
             seq, mask = torch.cat([seq, filler], dim=1), torch.cat([mask, torch.ones_like(filler)], dim=1)
@@ -309,7 +312,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     tracker.start_phase("rollout")
     lm.eval()
     with torch.no_grad():
-        seq = sample(lm, prompt, prompt_mask, N)  # (B, T)
+        seq = sample(lm, prompt, prompt_mask, N, mark=getattr(tracker, "mark", None))  # (B, T)
     mask = torch.ones_like(seq)
     tracker.end_phase()
 
@@ -336,6 +339,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
 
     # step 3. update: ppo_epochs x mini-batches, micro-batches accumulate gradients
     tracker.start_phase("update")
+    mark = getattr(tracker, "mark", lambda name: None)
     lm.train()
     if models.critic is not None:
         models.critic.train()
@@ -355,9 +359,12 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
             vf = 0.5 * ((values - returns[idx]) ** 2).mean()
             ((pg + 0.1 * vf) / (cfg.mini // cfg.micro)).backward()
             del logp, values, ratio, pg, vf, ent
+        mark("clip")
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        mark("optimizer step")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        mark("after the step")
         if hasattr(tracker, "label_optimizer"):
             tracker.label_optimizer(optimizer, {id(p): r for r, p in models.trainable()})
     del snapshot

@@ -9,8 +9,9 @@ Example:
         print(s.title, s.peak, s.saved)
 
 Known limitations:
-    The largest batch that fits is searched by halving/doubling (traced at each probe), so it is
-    the largest power-of-two multiple or fraction of the batch, not the exact maximum. The 8-bit
+    The largest batch that fits is searched in multiples of the mini-batch you set (all batches
+    when you set none); with a budget far above the setup, 12 probes may end the search first
+    (the suggestion then says "at least"). The 8-bit
     optimizer and offloading need bitsandbytes / a second device in the real run.
 """
 
@@ -78,31 +79,53 @@ def candidate_changes(cfg: MemoryConfig) -> list[tuple[str, dict, str]]:
     return out
 
 
-def largest_batch(cfg: MemoryConfig, base: Prediction, budget: int, probes: int = 4,
+def largest_batch(cfg: MemoryConfig, base: Prediction, budget: int, max_probes: int = 12,
                   run: Callable[[MemoryConfig], Prediction] = predict) -> Suggestion | None:
-    """The largest batch (halving or doubling, traced at every probe) whose peak fits `budget`."""
-    fits = base.peak <= budget
-    best: tuple[int, Prediction] | None = (cfg.batch_size, base) if fits else None
-    batch = cfg.batch_size
-    for _ in range(probes):
-        batch = batch * 2 if fits else batch // 2
-        if batch < 1:
+    """The largest batch whose traced peak fits `budget`, searched exactly.
+
+    Batches are multiples of the mini-batch (or micro-batch) the user set, so the update keeps
+    its shape. The search brackets the answer (growing or halving), then interpolates between
+    the largest batch that fits and the smallest that does not (peak is close to affine in the
+    batch, so this takes a few probes) until they are one step apart. Every probe is traced.
+    """
+    step = cfg.mini_batch_size or cfg.micro_batch_size or 1
+    probed: dict[int, Prediction] = {cfg.batch_size // step: base}
+
+    def peak(k: int) -> int:
+        if k not in probed:
+            probed[k] = run(cfg.replace(batch_size=k * step).validate())
+        return probed[k].peak
+
+    k0 = cfg.batch_size // step
+    lo, hi = (k0, None) if base.peak <= budget else (None, k0)
+    for _ in range(max_probes):
+        if lo is None:  # nothing fits yet: halve
+            if hi == 1:
+                return None
+            k = max(1, hi // 2)
+        elif hi is None:  # everything fits so far: aim where the line through the last two hits the budget
+            below = sorted(probed)[-2:]
+            k = lo * 2
+            if len(below) == 2 and peak(below[1]) > peak(below[0]):
+                slope = (peak(below[1]) - peak(below[0])) / (below[1] - below[0])
+                k = min(lo * 8, max(lo + 1, int(lo + (budget - peak(lo)) / slope) + 1))
+        elif hi - lo <= 1:
             break
-        mini = min(cfg.mini, batch)
-        trial = cfg.replace(batch_size=batch, mini_batch_size=mini, micro_batch_size=min(cfg.micro, mini))
-        pred = run(trial)
-        if pred.peak <= budget:
-            best = (batch, pred)
-            if not fits:
-                break  # halving: the first one that fits is the largest
-        elif fits:
-            break  # doubling: the previous one was the largest
-    if best is None or best[0] == cfg.batch_size and not fits:
+        else:  # interpolate between the two, strictly inside
+            guess = lo + (budget - peak(lo)) * (hi - lo) // max(1, peak(hi) - peak(lo))
+            k = min(hi - 1, max(lo + 1, guess))
+        if peak(k) <= budget:
+            lo = k
+        else:
+            hi = k
+    if lo is None or lo == k0:
         return None
-    batch, pred = best
-    return Suggestion(f"batch size {batch}", {"batch_size": batch}, pred.peak, base.peak - pred.peak,
-                      pred.peak <= budget, "largest power-of-two step from the current batch that fits",
-                      pred)
+    exact = hi is not None and hi - lo == 1
+    note = (f"the largest that fits: {hi * step} needs {human_bytes(peak(hi))}" if exact else
+            f"at least; {len(probed) - 1} probes did not find where it stops fitting")
+    pred = probed[lo]
+    return Suggestion(f"batch size {lo * step}", {"batch_size": lo * step}, pred.peak, base.peak - pred.peak,
+                      True, note, pred)
 
 
 def suggest(cfg: MemoryConfig, base: Prediction, budget: int | None = None,

@@ -20,6 +20,14 @@ Example:
         tracker.start_phase("update"); loss.backward(); tracker.end_phase()
     tracker.phase_peaks["update"].by_role_category()
 
+Peak sites (for depth extrapolation, `ByteTracker(sites=True)`): besides the peak of each phase,
+the tracker keeps the peak of every *site*, a stretch of the step named by what runs then, never
+by when: (n-th top-level model call in the phase, forward or backward, position among the
+transformer blocks: before them, in the first, in a middle one, in the last, after them). Every
+block of a stack holds the same bytes, so at a fixed site the bytes alive are affine in the
+number of blocks, and a middle block's bytes lie between the first's and the last's. That is
+what lets `predict` trace a 2- and a 3-block copy of a deep model and extrapolate site by site.
+
 Known limitations:
     Bytes are storage bytes as PyTorch asks for them; the CUDA caching allocator rounds to 512 B
     blocks and keeps freed blocks reserved, so `torch.cuda.memory_reserved` is higher. Tensors
@@ -73,8 +81,15 @@ class ByteTracker(TorchDispatchMode):
         placement: role -> device name for roles not on the main device ("cpu", "gpu1").
     """
 
-    def __init__(self, placement: dict[str, str] | None = None):
+    def __init__(self, placement: dict[str, str] | None = None, sites: bool = False):
         super().__init__()
+        self.sites = sites
+        self.site_peaks: dict[str, dict[tuple, Peak]] = {}  # phase key -> site -> peak
+        self._site: tuple = (0, "out", "")
+        self._site_peak: dict[tuple, Peak] = {}  # (device, site) -> peak, this phase
+        self._site_dirty: set[tuple] = set()
+        self._calls = 0
+        self._blocks: set[int] = set()
         self.placement = dict(placement or {})
         self.live: dict[int, Rec] = {}
         self.totals: dict[str, int] = {}
@@ -123,12 +138,24 @@ class ByteTracker(TorchDispatchMode):
         if peak is not None and total > peak.bytes:
             peak.bytes = total
             self._dirty.add(device)
+        if self.sites and self.phase is not None:
+            key = (device, self._site)
+            site = self._site_peak.setdefault(key, Peak())
+            if total > site.bytes:
+                site.bytes = total
+                self._site_dirty.add(key)
+
+    def _alive_on(self, device: str) -> list[Rec]:
+        return [r for r in list(self.live.values()) if r.device == device]
 
     def _snapshot_if_dirty(self, device: str) -> None:
         # Taken lazily, just before the first free after a rise: one copy per local maximum.
         if device in self._dirty:
             self._dirty.discard(device)
-            self._peak[device].alive = [r for r in list(self.live.values()) if r.device == device]
+            self._peak[device].alive = self._alive_on(device)
+        for key in [k for k in self._site_dirty if k[0] == device]:
+            self._site_dirty.discard(key)
+            self._site_peak[key].alive = self._alive_on(device)
 
     def _free(self, key: int) -> None:
         rec = self.live.pop(key, None)
@@ -163,6 +190,9 @@ class ByteTracker(TorchDispatchMode):
     def _enter_role(self, role: str) -> None:
         self._role_stack = getattr(self, "_role_stack", []) + [self.role]
         self.role = role
+        if len(self._role_stack) == 1 and not _in_backward_pass():  # a top-level model call
+            self._calls += 1
+            self._move_to((self._calls, "forward", "before"))
 
     def _exit_role(self, out: Any) -> None:
         logits = getattr(out, "logits", None)
@@ -171,6 +201,71 @@ class ByteTracker(TorchDispatchMode):
         for t in cache_tensors(getattr(out, "past_key_values", None)):
             self.label(t, cat="kv_cache")
         self.role = self._role_stack.pop() if getattr(self, "_role_stack", None) else self.role
+        if not getattr(self, "_role_stack", None) and not _in_backward_pass():
+            self._move_to((self._calls, "out", ""))
+
+    # ---- sites -------------------------------------------------------------------------
+    def _move_to(self, site: tuple) -> None:
+        if not self.sites or site == self._site:
+            return
+        for device in {k[0] for k in self._site_dirty}:
+            self._snapshot_if_dirty(device)
+        self._site = site
+        self._open_site()
+
+    def _open_site(self) -> None:
+        # A site's peak starts from what is alive when it is entered (as a phase's does).
+        for device, total in self.totals.items():
+            if (device, self._site) not in self._site_peak:
+                self._site_peak[(device, self._site)] = Peak(total, self._alive_on(device))
+
+    def mark(self, name: str) -> None:
+        """Start a new site named by the program (the optimizer step, growing the cache, ...).
+
+        Two moments whose bytes grow at different rates with depth must not share a site, or the
+        one that is the peak at 2-3 blocks may not be the peak at 48: the runner marks them apart.
+        """
+        self._move_to((self._calls, name, ""))
+
+    def add_blocks(self, blocks: Any) -> None:
+        """Follow the position among `blocks` (a model's stack of identical layers), both ways.
+
+        Forward: block pre-hooks. Backward: a gradient hook on each block's output fires when
+        backward reaches that block, and one on the first block's input when it has left the
+        stack. Hooks fired by gradient checkpointing's recomputation are ignored (still backward).
+        """
+        n = len(blocks)
+        for k, block in enumerate(blocks):
+            if id(block) in self._blocks:
+                continue
+            self._blocks.add(id(block))
+            where = "first" if k == 0 else "last" if k == n - 1 else "middle"
+            self._handles = getattr(self, "_handles", [])
+            self._handles += [
+                block.register_forward_pre_hook(
+                    lambda m, args, kwargs, _w=where, _k=k: self._block_enter(_w, _k, args, kwargs),
+                    with_kwargs=True),
+                block.register_forward_hook(lambda m, args, out, _w=where: self._block_exit(_w, out))]
+
+    def _block_enter(self, where: str, k: int, args: Any, kwargs: Any) -> None:
+        if _in_backward_pass():
+            return
+        self._move_to((self._calls, "forward", where))
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if k == 0 and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            calls = self._calls
+            hidden.register_hook(lambda g: self._backward_at(calls, "before"))
+
+    def _block_exit(self, where: str, out: Any) -> None:
+        if _in_backward_pass():
+            return
+        hidden = next((t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)), None)
+        if hidden is not None and hidden.requires_grad:
+            calls = self._calls
+            hidden.register_hook(lambda g: self._backward_at(calls, where))
+
+    def _backward_at(self, calls: int, where: str) -> None:
+        self._move_to((calls, "backward", where))
 
     @contextmanager
     def context(self, role: str | None = None, cat: str | None = None) -> Iterator[None]:
@@ -202,16 +297,25 @@ class ByteTracker(TorchDispatchMode):
         self._peak = {d: Peak(t, [r for r in alive if r.device == d]) for d, t in self.totals.items()}
         self._peak.setdefault(MAIN, Peak())
         self._dirty = set()
+        self._calls = 0
+        self._site, self._site_peak, self._site_dirty = (0, "out", ""), {}, set()
+        if self.sites:
+            self._open_site()
 
     def end_phase(self) -> dict[str, Peak]:
         """Close the phase; its peaks (per device) are merged into `phase_peaks` by max."""
-        for d in list(self._dirty):
+        for d in list(self._dirty) + [k[0] for k in self._site_dirty]:
             self._snapshot_if_dirty(d)
         name, self.phase = self.phase, None
         for d, peak in self._peak.items():
             key = name if d == MAIN else f"{name}@{d}"
             if key not in self.phase_peaks or peak.bytes > self.phase_peaks[key].bytes:
                 self.phase_peaks[key] = peak
+        for (d, site), peak in self._site_peak.items():
+            sites = self.site_peaks.setdefault(name if d == MAIN else f"{name}@{d}", {})
+            if site not in sites or peak.bytes > sites[site].bytes:
+                sites[site] = peak
+        self._site_peak = {}
         peaks, self._peak = self._peak, {}
         return peaks
 
@@ -237,6 +341,11 @@ class ByteTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 self.label(t)
         return out
+
+
+def _in_backward_pass() -> bool:
+    """True while autograd runs a backward (module hooks then come from checkpoint recomputation)."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def cache_tensors(cache: Any) -> list[torch.Tensor]:
