@@ -37,6 +37,9 @@ class RolloutConfig:
     max_new_tokens: int = _f(15, "tokens generated per response", positive=True)
     temperature: float = _f(1.0, "sampling temperature, also used when scoring log-probs", positive=True)
     reward_type: str = _f("sentiment", "toy reward", choices=REWARD_TYPES)
+    rescore: bool = _f(False, "recompute the old log-probs and value-head inputs with a full forward after "
+                       "sampling instead of taking them from the sampling pass (equal up to float rounding; "
+                       "one forward more)")
 
 
 @dataclass

@@ -103,36 +103,55 @@ class PolicyModel(nn.Module):
             sequences (B, P + N) prompt and response; logprobs (B, N) of the sampled tokens under the
             tempered distribution (EOS padding after the first EOS gets the log-prob it was forced to).
         """
+        sequences, scores = self.sample_scored(prompt_ids, max_new_tokens, attention_mask, temperature, generator)
+        return sequences, scores.logprobs
+
+    def sample_scored(self, prompt_ids: torch.Tensor, max_new_tokens: int = 15,
+                      attention_mask: torch.Tensor | None = None, temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, "Scores"]:
+        """`sample`, also returning the trunk state that predicted each response token.
+
+        Returns:
+            sequences (B, P + N); Scores with logprobs (B, N) and hidden (B, N, H): what a scoring
+            forward over the sequences gives (`score(..., with_hidden=True)`) up to float rounding,
+            up to the first EOS, without running that forward (tests/test_models_policy.py).
+        """
         with torch.inference_mode():
-            sequences, logprobs = self._sample(prompt_ids, max_new_tokens, attention_mask, temperature, generator)
-        return sequences.clone(), logprobs.clone()  # normal tensors: callers may use them under autograd
+            sequences, logprobs, hidden = self._sample(prompt_ids, max_new_tokens, attention_mask, temperature,
+                                                       generator)
+        # normal tensors: callers may use them under autograd
+        return sequences.clone(), Scores(logprobs.clone(), None, hidden.clone())
 
     def _sample(self, prompt_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None,
-                temperature: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                temperature: float, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        trunk, head = self.model.base_model, self.model.get_output_embeddings()
         mask = torch.ones_like(prompt_ids) if attention_mask is None else attention_mask.to(prompt_ids.dtype)
         pos = position_ids(mask)
-        out = self.model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]                          # (B, V)
+        out = trunk(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        past, state = out.past_key_values, out.last_hidden_state[:, -1]              # (B, H)
         done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        tokens, logps = [], []
+        tokens, logps, states = [], [], []
         for t in range(max_new_tokens):
-            scaled = logits.float() / temperature                                        # (B, V)
+            scaled = head(state).float() / temperature                                   # (B, V)
             nxt, logp, lse = sample_tokens(scaled, generator)                            # (B,) each
             # finished rows emit EOS padding, with the log-prob EOS has there (no host sync needed)
             nxt = torch.where(done, torch.full_like(nxt, self.eos_token_id), nxt)
             logp = torch.where(done, scaled[:, self.eos_token_id] - lse, logp)
             tokens.append(nxt)
             logps.append(logp)
+            states.append(state)
             done |= nxt == self.eos_token_id
             if t == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                             past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1]
+            out = trunk(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                        past_key_values=past, use_cache=True)
+            past, state = out.past_key_values, out.last_hidden_state[:, -1]
         response = torch.stack(tokens, dim=1)                                         # (B, N)
-        return torch.cat([prompt_ids, response], dim=1), torch.stack(logps, dim=1)
+        return (torch.cat([prompt_ids, response], dim=1), torch.stack(logps, dim=1),
+                torch.stack(states, dim=1))                                           # (B, N, H)
 
     # ---- scoring ------------------------------------------------------------------
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,

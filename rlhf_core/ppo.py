@@ -87,7 +87,7 @@ class PPOTrainer:
         return collect(self.policy, self.reference, self._values, score_fn,
                        enc.input_ids.to(self.device), enc.attention_mask.to(self.device), max_new_tokens,
                        self.cfg.rollout.temperature, self.generator, self.bus.phase,
-                       critic_forward=not isinstance(self.value_model, ValueHead))
+                       critic_forward=not isinstance(self.value_model, ValueHead), rescore=self.cfg.rollout.rescore)
 
     # ---- step 2 ---------------------------------------------------------------------
     def compute_advantages(self, r: Rollout, whiten: bool = True) -> dict[str, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 Every step runs inside its RLHF phase (`bus.phase`) so the instruments see where time and memory go.
 Scoring passes run under `torch.inference_mode()` with `use_cache=False`: no autograd graph and no KV
-cache is built for tokens that are only scored.
+cache is built for tokens that are only scored. The old log-probs and the value head's inputs are
+taken from the sampling pass, which computed them already; `rescore=True` recomputes them with a
+full forward instead (as TRL does), equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def sum_t2(attention_mask: torch.Tensor) -> int:
 def collect(policy: PolicyModel, reference: PolicyModel, value_fn: Callable[[Any, Rollout], torch.Tensor],
             score_fn: Callable[[list[str]], torch.Tensor], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
             max_new_tokens: int, temperature: float, generator: torch.Generator, phase: Callable,
-            critic_forward: bool = False) -> Rollout:
+            critic_forward: bool = False, rescore: bool = False) -> Rollout:
     """Run the five experience phases and return the Rollout.
 
     Args:
@@ -60,11 +62,13 @@ def collect(policy: PolicyModel, reference: PolicyModel, value_fn: Callable[[Any
         score_fn: decoded responses -> task rewards (B,).
         phase: the HookBus.phase context manager.
         critic_forward: the value function runs its own trunk (counted as forward work).
+        rescore: run the old_logprobs forward; otherwise the old log-probs and the trunk states
+            for the value head come from the sampling pass (the phase then times nothing).
     """
     batch, start = prompt_ids.shape
     with phase("rollout", work={"mode": "gen", "tokens": batch * max_new_tokens,
                                 "sum_t2": batch * (start + max_new_tokens) ** 2}):
-        sequences, _ = policy.sample(prompt_ids, max_new_tokens, prompt_mask, temperature, generator)
+        sequences, own = policy.sample_scored(prompt_ids, max_new_tokens, prompt_mask, temperature, generator)
         mask = response_mask(sequences[:, start:], policy.eos_token_id)                 # (B, N)
         attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()     # (B, T)
     with phase("reward"):
@@ -73,8 +77,9 @@ def collect(policy: PolicyModel, reference: PolicyModel, value_fn: Callable[[Any
     work = {"mode": "fwd", "tokens": int(attention_mask.numel()), "sum_t2": sum_t2(attention_mask)}
     partial = Rollout(sequences, attention_mask, start, mask, None, None, None, scores, texts)
     with torch.inference_mode():
-        with phase("old_logprobs", work=work):
-            own = policy.score(sequences, attention_mask, start, temperature, with_hidden=True)
+        if rescore:
+            with phase("old_logprobs", work=work):
+                own = policy.score(sequences, attention_mask, start, temperature, with_hidden=True)
         with phase("ref_logprobs", work=work):
             ref = reference.score(sequences, attention_mask, start, temperature)
         with phase("values", work=work if critic_forward else None):

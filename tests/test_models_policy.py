@@ -70,6 +70,24 @@ def test_generation_logprobs_match_a_scoring_pass(policy):
     torch.testing.assert_close(scored, gen_logps, atol=1e-5, rtol=1e-5)
 
 
+def test_sampling_pass_gives_the_scoring_pass_states_up_to_the_first_eos(policy):
+    """The old log-probs and value-head inputs the rollout takes from sampling (no --rescore)."""
+    from rlhf_core.advantages import response_mask
+
+    enc = policy.tokenizer(["Hi", "The movie was great", "A"], return_tensors="pt", padding=True)
+    p = enc.input_ids.shape[1]
+    g = torch.Generator().manual_seed(3)
+    seqs, gen = policy.sample_scored(enc.input_ids, 12, enc.attention_mask, temperature=1.3, generator=g)
+    mask = response_mask(seqs[:, p:], policy.eos_token_id)                       # (B, N)
+    attention = torch.cat([enc.attention_mask, mask], 1)                        # as the rollout scores it
+    with torch.no_grad():
+        scored = policy.score(seqs, attention, p, temperature=1.3, with_hidden=True)
+    keep = mask.bool()
+    assert gen.hidden.shape == scored.hidden.shape == (3, 12, policy.model.config.n_embd)
+    torch.testing.assert_close(gen.logprobs[keep], scored.logprobs[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gen.hidden[keep], scored.hidden[keep], atol=1e-5, rtol=1e-5)
+
+
 def test_left_padding_does_not_change_logprobs(policy):
     ids = policy.tokenizer("The movie was great", return_tensors="pt").input_ids
     padded = torch.cat([torch.full((1, 3), policy.pad_token_id), ids], 1)

@@ -94,3 +94,29 @@ def test_summary_refuses_unequal_work():
     rows = {"ours-head": _rows([0.2], 4, 60), "trl-ppo": _rows([0.6], 1, 60)}  # 4 optimizer steps vs 1
     line = compare_trl.summarise(cfg, {"rows": rows, "meta": {}})
     assert line["equal_work"] is False and line["speedup"] == {}
+
+
+def test_old_logprobs_from_sampling_give_the_rescored_rollout_and_losses(policy):
+    """Skipping the old_logprobs forward (the default) changes the PPO inputs only by float rounding."""
+    from rlhf_core.config import TrainConfig
+    from rlhf_core.ppo import PPOTrainer
+    from rlhf_core.reward import ToyRewardModel
+
+    runs = {}
+    for rescore in (False, True):
+        cfg = TrainConfig()
+        cfg.rollout.rescore, cfg.rollout.batch_size = rescore, len(PROMPTS)
+        torch.manual_seed(0)
+        trainer = PPOTrainer(policy, policy.frozen_copy(), ToyRewardModel("cpu"), "cpu", config=cfg)
+        torch.nn.init.normal_(trainer.value_model.linear.weight)  # non-zero values to compare
+        r = trainer.make_rollout(PROMPTS, 9)
+        trainer.compute_advantages(r)
+        runs[rescore] = (r, trainer._losses(r))
+    (fast, fast_loss), (plain, plain_loss) = runs[False], runs[True]
+    assert torch.equal(fast.sequences, plain.sequences) and torch.equal(fast.mask, plain.mask)
+    keep = plain.mask.bool()
+    for name in ("logprobs", "values", "advantages", "returns"):
+        torch.testing.assert_close(getattr(fast, name)[keep], getattr(plain, name)[keep], atol=1e-5, rtol=1e-4)
+    for name in ("loss", "policy_loss", "value_loss", "approx_kl"):
+        torch.testing.assert_close(fast_loss[name], plain_loss[name], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(fast.values, torch.zeros_like(fast.values))

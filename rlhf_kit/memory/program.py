@@ -7,7 +7,9 @@ from the Hugging Face config by its Auto class, so GPT-2 and Llama work without 
 What it mirrors of a PPO runner (ours, TRL, OpenRLHF):
   rollout  sampling with a KV cache, one position of logits per step (as `generate` does)
   scoring  no-grad forwards with `use_cache=False`: policy log-probs (+ value head), reference
-           log-probs, critic values, reward score; then KL-shaped rewards and GAE
+           log-probs, critic values, reward score; then KL-shaped rewards and GAE. (The kit's
+           runner takes the old log-probs from sampling unless --rescore; the policy forward is
+           kept here, as TRL and OpenRLHF run it, and it holds no more than the reference's.)
   update   ppo_epochs x mini-batches, each `micro` sequences per forward/backward (gradient
            accumulation), grad clipping, optimizer step, `zero_grad(set_to_none=True)`
 """
@@ -203,8 +205,9 @@ def _splits(n: int, size: int) -> Iterator[slice]:
 
 
 def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: int,
-           jump: bool = True, mark: Any = None) -> torch.Tensor:
-    """Sampling with a KV cache, always `new_tokens` long. Returns (B, P + new_tokens) ids.
+           jump: bool = True, mark: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling with a KV cache, always `new_tokens` long. Returns (B, P + N) ids and the (B, N, H)
+    trunk states that predicted them (the kit's runner feeds them to the value head).
 
     With `jump`, the steps between the second and the last are skipped by growing every cache
     layer to the length it would have (same cat-and-free pattern as the cache's own update).
@@ -213,6 +216,7 @@ def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: 
     `mark(name)`, if given, names the cache growth as a site of its own (tracker.mark).
     """
     seq, cache, step_ids = prompt, None, prompt
+    head, states = lm.get_output_embeddings(), []
     for i in range(new_tokens):
         if jump and i == 2 and new_tokens > 3 and mark is not None:
             mark("grow cache")
@@ -220,18 +224,20 @@ def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: 
             filler = torch.randint(0, 2, (seq.shape[0], new_tokens - 3), dtype=seq.dtype)
             seq, mask = torch.cat([seq, filler], dim=1), torch.cat([mask, torch.ones_like(filler)], dim=1)
             step_ids = seq[:, -1:]
+            states += [torch.empty_like(states[-1]) for _ in range(new_tokens - 3)]  # each step's state
             i = new_tokens - 1
         if i >= new_tokens or seq.shape[1] >= prompt.shape[1] + new_tokens:
             break
-        # full logits at the prefill, as the kit's runner does (generate() would keep 1 position)
-        out = lm(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V), a view: keeps out.logits
-        logp = torch.log_softmax(logits.float() / 1.0, dim=-1)  # (B, V); / temperature is a copy
+        # the LM head on the last position only, as the kit's runner and generate() do
+        out = lm.base_model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        cache, state = out.past_key_values, out.last_hidden_state[:, -1]  # (B, H), a view: keeps the output
+        logp = torch.log_softmax(head(state).float() / 1.0, dim=-1)  # (B, V); / temperature is a copy
         step_ids = _multinomial(logp.exp())  # (B, 1)
+        states.append(state)  # the value head's input, kept by the runner for the scoring phase
         seq = torch.cat([seq, step_ids], dim=1)
         mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
         # out and logp stay alive into the next forward, as in a plain sampling loop
-    return seq
+    return seq, torch.stack(states, dim=1)  # (B, T), (B, N, H)
 
 
 def _multinomial(probs: torch.Tensor) -> torch.Tensor:
@@ -312,7 +318,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     tracker.start_phase("rollout")
     lm.eval()
     with torch.no_grad():
-        seq = sample(lm, prompt, prompt_mask, N, mark=getattr(tracker, "mark", None))  # (B, T)
+        seq, states = sample(lm, prompt, prompt_mask, N, mark=getattr(tracker, "mark", None))  # (B, T), (B, N, H)
     mask = torch.ones_like(seq)
     tracker.end_phase()
 
@@ -334,7 +340,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
         returns = rewards.flip(1).cumsum(1).flip(1)  # (B, N) stands in for GAE: same shapes
         advantages = returns - old_values
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        del rewards, score
+        del rewards, score, states
     tracker.end_phase()
 
     # step 3. update: ppo_epochs x mini-batches, micro-batches accumulate gradients
