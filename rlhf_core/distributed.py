@@ -155,19 +155,19 @@ class UpdateForward(nn.Module):
     directly, which would bypass DDP's gradient reducer.)
 
     forward(sequences (B, T), attention_mask (B, T), response_start P) ->
-        log-probs (B, N), entropy (B, N), values (B, N).
+        log-probs (B, N), entropy (B, N) or None (only with an entropy bonus), values (B, N).
     """
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module, temperature: float, entropy_grad: bool = True):
+    def __init__(self, policy: nn.Module, value_model: nn.Module, temperature: float, with_entropy: bool = False):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
         self.temperature = temperature
-        self.entropy_grad = entropy_grad
+        self.with_entropy = with_entropy
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, response_start: int):
         s, values = score_for_update(self.policy, self.value_model, sequences, attention_mask, response_start,
-                                     self.temperature, self.entropy_grad)
+                                     self.temperature, self.with_entropy)
         return s.logprobs, s.entropy, values
 
 
@@ -307,11 +307,13 @@ class DDPPPOTrainer(PPOTrainer):
 
     def _gather_stats(self, r: Rollout, kl: dict[str, torch.Tensor], upd: dict[str, torch.Tensor]):
         """The global batch's per-sequence tensors (for exact means/stds) and the reduced update stats."""
-        block = all_gather_cat(torch.stack([r.mask, r.returns, r.values, r.response.float()]).float(), dim=1)
+        block = all_gather_cat(torch.stack([r.mask, r.returns, r.values, r.response.float(), r.entropy]).float(),
+                               dim=1)
         vecs = all_gather_cat(torch.stack([r.scores.float(), kl["k1_sum"], kl["k3_sum"]]), dim=1)
-        mask, returns, values, response = block                                  # (W*B, N) each
+        mask, returns, values, response, entropy = block                         # (W*B, N) each
         g = Rollout(sequences=response.long(), attention_mask=mask.long(), response_start=0, mask=mask,
-                    logprobs=None, ref_logprobs=None, values=values, scores=vecs[0], returns=returns)
+                    logprobs=None, ref_logprobs=None, values=values, scores=vecs[0], returns=returns,
+                    entropy=entropy)
         return g, {"k1_sum": vecs[1], "k3_sum": vecs[2]}, reduce_update_stats(upd, self.world_size)
 
     # ---- checkpoints ----------------------------------------------------------------------

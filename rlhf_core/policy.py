@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,15 +27,34 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token]: (..., V), (...) -> (...). Computed in float32.
 
     logit[token] - logsumexp(logits) reads the vocabulary once and writes no (..., V) tensor, where
-    log_softmax would materialise one only to pick a single entry per position.
+    log_softmax would materialise one only to pick a single entry per position. Its backward
+    writes one (..., V) tensor, g * (onehot(token) - softmax), in place (`_TokenLogprob`), where
+    autograd would build the softmax, a zero-filled scatter for the gather and their sum.
     """
-    logits = logits.float()
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _TokenLogprob.apply(logits.float(), tokens)
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token per row from softmax(logits): (B, V) -> tokens (B,), their log-probs (B,), and
-    logsumexp(logits) (B,) for reading other tokens' log-probs.
+class _TokenLogprob(torch.autograd.Function):
+    """log softmax(logits)[token] with a fused backward (tests/test_ppo_math.py checks the gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)                                            # (...)
+        ctx.save_for_backward(logits, tokens, lse)
+        return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, tokens, lse = ctx.saved_tensors
+        g = grad.unsqueeze(-1)                                                           # (..., 1)
+        out = torch.sub(logits, lse.unsqueeze(-1)).exp_().mul_(-g)                       # -g * softmax
+        return out.scatter_add_(-1, tokens.unsqueeze(-1), g), None                       # + g at the token
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits): (B, V) -> tokens (B,), their log-probs (B,),
+    logsumexp(logits) (B,) for reading other tokens' log-probs, and the entropy (B,).
 
     Inverse-CDF sampling: one uniform number per row against the cumulative probabilities. It draws
     from the same distribution as torch.multinomial, which (like the exponential race) spends a
@@ -43,10 +63,12 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None) -> tu
     """
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)                              # (B, 1)
-    cdf = torch.exp(logits - lse).cumsum_(dim=-1)                                    # (B, V)
+    probs = torch.exp(logits - lse)                                                  # (B, V)
+    entropy = lse.squeeze(-1) - torch.linalg.vecdot(probs, logits)                   # H = lse - E_p[z]
+    cdf = probs.cumsum_(dim=-1)                                                      # (B, V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)    # (B, 1)
-    return tokens.squeeze(-1), (logits.gather(-1, tokens) - lse).squeeze(-1), lse.squeeze(-1)
+    return tokens.squeeze(-1), (logits.gather(-1, tokens) - lse).squeeze(-1), lse.squeeze(-1), entropy
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -114,32 +136,34 @@ class PolicyModel(nn.Module):
         Returns:
             sequences (B, P + N); Scores with logprobs (B, N) and hidden (B, N, H): what a scoring
             forward over the sequences gives (`score(..., with_hidden=True)`) up to float rounding,
-            up to the first EOS, without running that forward (tests/test_models_policy.py).
+            up to the first EOS, without running that forward (tests/test_models_policy.py), and
+            entropy (B, N) of each sampling distribution.
         """
         with torch.inference_mode():
-            sequences, logprobs, hidden = self._sample(prompt_ids, max_new_tokens, attention_mask, temperature,
-                                                       generator)
+            sequences, logprobs, entropy, hidden = self._sample(prompt_ids, max_new_tokens, attention_mask,
+                                                                temperature, generator)
         # normal tensors: callers may use them under autograd
-        return sequences.clone(), Scores(logprobs.clone(), None, hidden.clone())
+        return sequences.clone(), Scores(logprobs.clone(), entropy.clone(), hidden.clone())
 
     def _sample(self, prompt_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None,
                 temperature: float, generator: torch.Generator | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         trunk, head = self.model.base_model, self.model.get_output_embeddings()
         mask = torch.ones_like(prompt_ids) if attention_mask is None else attention_mask.to(prompt_ids.dtype)
         pos = position_ids(mask)
         out = trunk(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
         past, state = out.past_key_values, out.last_hidden_state[:, -1]              # (B, H)
         done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        tokens, logps, states = [], [], []
+        tokens, logps, entropies, states = [], [], [], []
         for t in range(max_new_tokens):
-            scaled = head(state).float() / temperature                                   # (B, V)
-            nxt, logp, lse = sample_tokens(scaled, generator)                            # (B,) each
+            scaled = _tempered(head(state).float(), temperature)                         # (B, V)
+            nxt, logp, lse, entropy = sample_tokens(scaled, generator)                   # (B,) each
             # finished rows emit EOS padding, with the log-prob EOS has there (no host sync needed)
             nxt = torch.where(done, torch.full_like(nxt, self.eos_token_id), nxt)
             logp = torch.where(done, scaled[:, self.eos_token_id] - lse, logp)
             tokens.append(nxt)
             logps.append(logp)
+            entropies.append(entropy)
             states.append(state)
             done |= nxt == self.eos_token_id
             if t == max_new_tokens - 1:
@@ -151,7 +175,7 @@ class PolicyModel(nn.Module):
             past, state = out.past_key_values, out.last_hidden_state[:, -1]
         response = torch.stack(tokens, dim=1)                                         # (B, N)
         return (torch.cat([prompt_ids, response], dim=1), torch.stack(logps, dim=1),
-                torch.stack(states, dim=1))                                           # (B, N, H)
+                torch.stack(entropies, dim=1), torch.stack(states, dim=1))            # ..., (B, N, H)
 
     # ---- scoring ------------------------------------------------------------------
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
@@ -166,7 +190,7 @@ class PolicyModel(nn.Module):
         """
         hidden = trunk_hidden(self.model.base_model, input_ids, attention_mask)
         hidden = hidden[:, response_start - 1:-1]                                     # (B, N, H)
-        logits = self.model.get_output_embeddings()(hidden) / temperature             # (B, N, V)
+        logits = _tempered(self.model.get_output_embeddings()(hidden), temperature)   # (B, N, V)
         return Scores(
             logprobs=gather_logprobs(logits, input_ids[:, response_start:]),
             entropy=None if not with_entropy else entropy_from_logits(logits) if entropy_grad else _no_grad_entropy(logits),
@@ -207,6 +231,11 @@ class PolicyModel(nn.Module):
 
         loaded = AutoModelForCausalLM.from_pretrained(path)
         self.model.load_state_dict(loaded.state_dict())
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature, without the (..., V) copy (and its backward) when it is 1."""
+    return logits if temperature == 1.0 else logits / temperature
 
 
 @torch.no_grad()

@@ -104,21 +104,23 @@ class PPOTrainer:
 
     # ---- step 3 ---------------------------------------------------------------------
     def _score_update(self, mb: Rollout) -> tuple[Any, torch.Tensor]:
-        """The update's forward: policy Scores (log-probs, entropy) and values (B, N) of a mini-batch."""
+        """The update's forward: policy Scores (log-probs; entropy if in the loss) and values (B, N)."""
         return score_for_update(self.policy, self.value_model, mb.sequences, mb.attention_mask, mb.response_start,
-                                self.cfg.rollout.temperature, entropy_grad=self.cfg.ppo.ent_coef > 0)
+                                self.cfg.rollout.temperature, with_entropy=self.cfg.ppo.ent_coef > 0)
 
     def _losses(self, mb: Rollout) -> dict[str, torch.Tensor]:
         p = self.cfg.ppo
         s, values = self._score_update(mb)
         pl = A.policy_loss(s.logprobs, mb.logprobs, mb.advantages, mb.mask, p.clip_range)
         vl, vclip = A.value_loss(values, mb.values, mb.returns, mb.mask, p.clip_range_value)
-        entropy = A.masked_mean(s.entropy, mb.mask)
+        loss = pl.loss + p.vf_coef * vl
+        if s.entropy is not None:  # the bonus (ent_coef > 0); the logged entropy is the rollout's
+            loss = loss - p.ent_coef * A.masked_mean(s.entropy, mb.mask)
         ratio = pl.ratio.detach()
         big = torch.finfo(ratio.dtype).max
         return {
-            "loss": pl.loss + p.vf_coef * vl - p.ent_coef * entropy,
-            "policy_loss": pl.loss.detach(), "value_loss": vl.detach(), "entropy": entropy.detach(),
+            "loss": loss,
+            "policy_loss": pl.loss.detach(), "value_loss": vl.detach(),
             "clip_fraction": pl.clip_fraction, "approx_kl": pl.approx_kl, "value_clip_fraction": vclip,
             "ratio_mean": A.masked_mean(ratio, mb.mask),
             "ratio_min": torch.where(mb.mask > 0, ratio, torch.full_like(ratio, big)).min(),
@@ -206,11 +208,12 @@ class PPOTrainer:
             "non_score_reward": -kl_coef * kl["k1_sum"].mean(),
             "return_mean": A.masked_mean(r.returns, mask), "value_mean": A.masked_mean(r.values, mask),
             "explained_variance": A.explained_variance(r.values, r.returns, mask),
+            "entropy": A.masked_mean(r.entropy, mask),
             "response_length_mean": lengths.mean(), "response_length_std": _std(lengths),
             "truncated_fraction": (~(r.response == self.policy.eos_token_id).any(1)).float().mean(),
             "nan_score": (~torch.isfinite(r.scores)).float().sum(),
         }
-        for k in ("policy_loss", "value_loss", "total_loss", "entropy", "clip_fraction", "approx_kl",
+        for k in ("policy_loss", "value_loss", "total_loss", "clip_fraction", "approx_kl",
                   "ratio_mean", "value_clip_fraction"):
             t[k] = upd[k].mean()
         t.update(ratio_min=upd["ratio_min"].min(), ratio_max=upd["ratio_max"].max(),
@@ -281,11 +284,11 @@ class PPOTrainer:
 
 def score_for_update(policy: PolicyModel, value_model: torch.nn.Module, sequences: torch.Tensor,
                      attention_mask: torch.Tensor, response_start: int, temperature: float,
-                     entropy_grad: bool) -> tuple[Any, torch.Tensor]:
-    """Policy Scores (log-probs, entropy, hidden) and values (B, N) of the response tokens, with grad."""
+                     with_entropy: bool) -> tuple[Any, torch.Tensor]:
+    """Policy Scores (log-probs, hidden, entropy if asked) and values (B, N) of the response tokens, with grad."""
     head = isinstance(value_model, ValueHead)
-    s = policy.score(sequences, attention_mask, response_start, temperature, with_entropy=True, with_hidden=head,
-                     entropy_grad=entropy_grad)
+    s = policy.score(sequences, attention_mask, response_start, temperature, with_entropy=with_entropy,
+                     with_hidden=head)
     values = value_model(s.hidden) if head else value_model(sequences, attention_mask, response_start)
     return s, values
 

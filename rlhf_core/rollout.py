@@ -33,6 +33,7 @@ class Rollout:
     texts: list[str] = field(default_factory=list)
     advantages: torch.Tensor | None = None  # (B, N) filled by the advantages step
     returns: torch.Tensor | None = None     # (B, N)
+    entropy: torch.Tensor | None = None     # (B, N) of the sampling policy's next-token distributions
 
     @property
     def response(self) -> torch.Tensor:
@@ -43,7 +44,7 @@ class Rollout:
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return Rollout(self.sequences[idx], self.attention_mask[idx], self.response_start, self.mask[idx],
                        self.logprobs[idx], self.ref_logprobs[idx], self.values[idx], self.scores[idx],
-                       [], pick(self.advantages), pick(self.returns))
+                       [], pick(self.advantages), pick(self.returns), pick(self.entropy))
 
 
 def sum_t2(attention_mask: torch.Tensor) -> int:
@@ -79,11 +80,13 @@ def collect(policy: PolicyModel, reference: PolicyModel, value_fn: Callable[[Any
     with torch.inference_mode():
         if rescore:
             with phase("old_logprobs", work=work):
-                own = policy.score(sequences, attention_mask, start, temperature, with_hidden=True)
+                own = policy.score(sequences, attention_mask, start, temperature, with_entropy=True,
+                                   with_hidden=True, entropy_grad=False)
         with phase("ref_logprobs", work=work):
             ref = reference.score(sequences, attention_mask, start, temperature)
         with phase("values", work=work if critic_forward else None):
             values = value_fn(own, partial)
     # clones leave inference mode, so the loss may use these as constants under autograd
     partial.logprobs, partial.ref_logprobs, partial.values = own.logprobs.clone(), ref.logprobs.clone(), values.clone()
+    partial.entropy = own.entropy.clone()
     return partial

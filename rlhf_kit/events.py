@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 PHASES: tuple[str, ...] = (
     "rollout",       # generation: sample responses from the policy
     "reward",        # score the decoded responses
-    "old_logprobs",  # log pi_old(a|s) of the sampled tokens
+    "old_logprobs",  # log pi_old(a|s) by a scoring forward (TRL; ours with --rescore, else taken while sampling)
     "ref_logprobs",  # log pi_ref(a|s) under the frozen reference
     "values",        # V(s) from the value head / critic
     "advantages",    # KL-shaped rewards, GAE, whitening
@@ -103,7 +103,7 @@ METRICS: tuple[Metric, ...] = (
     _m("clip_fraction", "", "policy", "Share of response tokens whose ratio pi/pi_old fell outside [1-eps, 1+eps].", "0.0-0.3"),
     _m("approx_kl", "nats", "policy", "Drift per update: k3 KL(pi_old || pi) over the last mini-batch pass.", "below ~0.05"),
     _m("policy_drift_kl", "nats", "policy", "k1 KL of the current policy from the initial one on this batch's tokens (log pi - log pi_init)."),
-    _m("entropy", "nats", "policy", "Mean per-token entropy of the policy's next-token distribution over response tokens.", "falls slowly, never to 0"),
+    _m("entropy", "nats", "policy", "Mean per-token entropy of the sampling policy's next-token distribution over response tokens (taken while sampling).", "falls slowly, never to 0"),
     _m("ratio_mean", "", "policy", "Mean importance ratio pi/pi_old over response tokens.", "close to 1"),
     _m("ratio_min", "", "policy", "Smallest importance ratio in the update."),
     _m("ratio_max", "", "policy", "Largest importance ratio in the update."),

@@ -81,8 +81,9 @@ def test_sampling_pass_gives_the_scoring_pass_states_up_to_the_first_eos(policy)
     mask = response_mask(seqs[:, p:], policy.eos_token_id)                       # (B, N)
     attention = torch.cat([enc.attention_mask, mask], 1)                        # as the rollout scores it
     with torch.no_grad():
-        scored = policy.score(seqs, attention, p, temperature=1.3, with_hidden=True)
+        scored = policy.score(seqs, attention, p, temperature=1.3, with_hidden=True, with_entropy=True)
     keep = mask.bool()
+    torch.testing.assert_close(gen.entropy[keep], scored.entropy[keep], atol=1e-5, rtol=1e-5)
     assert gen.hidden.shape == scored.hidden.shape == (3, 12, policy.model.config.n_embd)
     torch.testing.assert_close(gen.logprobs[keep], scored.logprobs[keep], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gen.hidden[keep], scored.hidden[keep], atol=1e-5, rtol=1e-5)

@@ -103,3 +103,29 @@ def test_adaptive_kl_controller():
     fixed = A.AdaptiveKLController(0.1, target=0.0, horizon=100)
     fixed.update(50.0, 10)
     assert fixed.value == 0.1
+
+
+def test_token_logprob_and_its_fused_gradient_by_hand():
+    from rlhf_core.policy import gather_logprobs
+
+    # logits [0, ln 3] -> softmax [1/4, 3/4]; token 1: log(3/4); d/dlogits = onehot - softmax
+    logits = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)
+    lp = gather_logprobs(logits, torch.tensor([1]))
+    assert lp.item() == pytest.approx(math.log(0.75))
+    (2.0 * lp).sum().backward()
+    assert logits.grad[0].tolist() == pytest.approx([2.0 * -0.25, 2.0 * (1 - 0.75)])
+
+
+def test_token_logprob_gradient_equals_autograd_of_the_plain_formula():
+    from rlhf_core.policy import gather_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(2, 5, 97, generator=g)).requires_grad_()
+    tokens = torch.randint(97, (2, 5), generator=g)
+    weights = torch.randn(2, 5, generator=g)
+    (gather_logprobs(logits, tokens) * weights).sum().backward()
+    fused = logits.grad.clone()
+    logits.grad = None
+    plain = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(fused, logits.grad, atol=1e-6, rtol=1e-5)

@@ -34,9 +34,10 @@ def traced(tmp_path_factory):
 def test_table_rows_and_step_coverage(traced):
     out, run, _ = traced
     table = out[out.index("Phase breakdown"):]
-    for phase in ("rollout", "reward", "old_logprobs", "ref_logprobs", "values", "advantages", "update",
+    for phase in ("rollout", "reward", "ref_logprobs", "values", "advantages", "update",
                   "  forward", "  backward", "  optimizer", "other", "step (sum)"):
         assert f"\n{phase} " in table, phase
+    assert "\nold_logprobs " not in table  # taken while sampling (--rescore times that forward)
     assert "Bottleneck:" in out and "MFU %" in out
     for rec in run.steps:  # top-level phases never exceed the measured step; `other` is the rest
         covered = sum(v for k, v in rec.items() if k.startswith("time/") and k[5:] not in ("forward", "backward", "optimizer"))

@@ -32,7 +32,8 @@ def test_run_directory_has_every_part(tiny_run):
     for key in SEED_KEYS:
         assert key in run.steps[0], key
     names = {p.name for p in run.phases}
-    assert set(PHASES) - {"comm", "log"} <= names            # every phase of an iteration was timed
+    # every phase of an iteration was timed (old log-probs come from sampling unless --rescore)
+    assert set(PHASES) - {"comm", "log", "old_logprobs"} <= names
     assert any(p.work.get("mode") == "gen" for p in run.phases)
     for r in run.steps:
         assert r["nan_count"] == 0 and r["update_skipped"] == 0

@@ -115,7 +115,7 @@ def test_old_logprobs_from_sampling_give_the_rescored_rollout_and_losses(policy)
     (fast, fast_loss), (plain, plain_loss) = runs[False], runs[True]
     assert torch.equal(fast.sequences, plain.sequences) and torch.equal(fast.mask, plain.mask)
     keep = plain.mask.bool()
-    for name in ("logprobs", "values", "advantages", "returns"):
+    for name in ("logprobs", "values", "advantages", "returns", "entropy"):
         torch.testing.assert_close(getattr(fast, name)[keep], getattr(plain, name)[keep], atol=1e-5, rtol=1e-4)
     for name in ("loss", "policy_loss", "value_loss", "approx_kl"):
         torch.testing.assert_close(fast_loss[name], plain_loss[name], atol=1e-5, rtol=1e-4)

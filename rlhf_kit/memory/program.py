@@ -231,7 +231,7 @@ def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: 
         # the LM head on the last position only, as the kit's runner and generate() do
         out = lm.base_model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         cache, state = out.past_key_values, out.last_hidden_state[:, -1]  # (B, H), a view: keeps the output
-        logp = torch.log_softmax(head(state).float() / 1.0, dim=-1)  # (B, V); / temperature is a copy
+        logp = torch.log_softmax(head(state).float(), dim=-1)  # (B, V); temperature 1: no copy
         step_ids = _multinomial(logp.exp())  # (B, 1)
         states.append(state)  # the value head's input, kept by the runner for the scoring phase
         seq = torch.cat([seq, step_ids], dim=1)
@@ -267,14 +267,13 @@ def response_logprobs(lm: nn.Module, seq: torch.Tensor, mask: torch.Tensor, prom
                       v_head: nn.Module | None = None, entropy: bool = False) -> tuple[torch.Tensor, Any, Any]:
     """log pi(a_t|s_t) of the response tokens (B, N), V(s_t) from the value head, and the entropy.
 
-    The LM head runs on the N response positions only (not all T), then the logits are divided
-    by the temperature (a copy) and log-softmaxed in fp32, as the kit's runner and TRL do.
+    The LM head runs on the N response positions only (not all T), in fp32, at temperature 1
+    (no copy), as the kit's runner does; the log-prob's backward writes one (B, N, V) tensor.
     """
     hidden = lm.base_model(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
     hidden = hidden[:, prompt_len - 1:-1]  # (B, N, H)
-    logits = lm.get_output_embeddings()(hidden) / 1.0  # (B, N, V), temperature
-    logits = logits.float()
-    logp = logits.gather(-1, seq[:, prompt_len:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, N)
+    logits = lm.get_output_embeddings()(hidden).float()  # (B, N, V)
+    logp = _TokenLogprob.apply(logits, seq[:, prompt_len:])  # (B, N)
     ent = None
     if entropy:  # a statistic only (the runner's default ent_coef = 0): no autograd graph over (B, N, V)
         with torch.no_grad():
@@ -283,6 +282,24 @@ def response_logprobs(lm: nn.Module, seq: torch.Tensor, mask: torch.Tensor, prom
             del lp
     values = v_head(hidden.float()).squeeze(-1) if v_head is not None else None  # (B, N)
     return logp, values, ent
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """The allocations of the runner's fused log-prob (rlhf_core.policy.gather_logprobs): forward
+    saves the logits and logsumexp; backward builds g * (onehot - softmax) in one (B, N, V) tensor.
+    (Mirrored, not imported: the instruments never import the runner.)"""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, tokens, lse = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        return torch.sub(logits, lse.unsqueeze(-1)).exp_().mul_(-g).scatter_add_(-1, tokens.unsqueeze(-1), g), None
 
 
 def _warm_optimizer(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
@@ -356,7 +373,8 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     for mb in steps:
         for mu in list(_splits(mb.stop - mb.start, cfg.micro))[:2]:
             idx = slice(mb.start + mu.start, mb.start + mu.stop)
-            logp, values, ent = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head, entropy=True)
+            # no entropy: the runner logs the sampling pass's, and adds it to the loss only with ent_coef > 0
+            logp, values, ent = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head)
             if models.critic is not None:
                 values = models.critic(seq[idx], mask[idx], P)
             ratio = torch.exp(logp - old_logp[idx])  # (b, N)
