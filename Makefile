@@ -75,9 +75,9 @@ train_full: $(RUNTIME)
 
 # PPO on SmolLM2-135M-Instruct, CPU, 2 threads; see docs/real-model.md for what it shows and how long it takes.
 train_real: $(REAL)
-	$(PY) train.py --model_name smollm2-135m --device cpu --threads 2 --epochs 2 --steps_per_epoch 8 \
-	  --batch_size 8 --mini_batch_size 4 --ppo_epochs 2 --max_new_tokens 10 --learning_rate 3e-5 --kl_coef 0.1 \
-	  --sample_prompts 5 --run_name smollm2_real
+	$(PY) train.py --model_name smollm2-135m --device cpu --threads 2 --epochs 4 --steps_per_epoch 20 \
+	  --batch_size 8 --ppo_epochs 2 --max_new_tokens 12 --learning_rate 5e-5 --kl_coef 0.05 --target_kl 4 \
+	  --kl_horizon 50 --sample_prompts 5 --run_name smollm2_real
 
 tensorboard: $(RUNTIME)
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
