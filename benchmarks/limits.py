@@ -5,7 +5,7 @@
 
 For the same model, prompts, batch and lengths it times, alternating, R times each:
     generate   Hugging Face `model.generate` alone: KV cache on, pure sampling (temperature 1, top_k 0,
-               top_p 1: the distribution our sampler draws from; tests/test_speed_limits.py checks it)
+               top_p 1: the distribution our sampler draws from; tests/test_speed_equivalence.py checks it)
     update     one forward/backward/AdamW step of the trained parameters (policy + value head) on
                the tokens of one of our rollouts
     ours       one `PPOTrainer.train_step` (value head, 1 PPO epoch, one mini-batch), with its phases
