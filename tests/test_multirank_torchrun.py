@@ -31,7 +31,7 @@ rw.ToyRewardModel.compute_reward = slow_on_rank1
 from rlhf_kit.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 '''
-FLAGS = ["--epochs", "1", "--steps_per_epoch", "7", "--batch_size", "4", "--max_new_tokens", "5",
+FLAGS = ["--epochs", "1", "--steps_per_epoch", "10", "--batch_size", "4", "--max_new_tokens", "5",
          "--device", "cpu", "--progress", "false", "--tensorboard", "false"]
 
 
@@ -65,6 +65,6 @@ def test_live_alert_health_and_report_on_real_torchrun(straggler_run, tmp_path):
     html = out.read_text()
     start = html.index('id="rk-data">') + len('id="rk-data">')
     (view,) = json.loads(html[start:html.index("</script>", start)])
-    assert view["ranks"]["world"] == 2 and len(view["ranks"]["steps"]) == 7
+    assert view["ranks"]["world"] == 2 and len(view["ranks"]["steps"]) == 10
     assert {f["rank"] for f in view["ranks"]["straggler"].values()} == {1}
     assert "rank_straggler" in [a["rule"] for a in view["alerts"]]
