@@ -14,9 +14,10 @@ Deep models are traced shallow. A model of L > 3 blocks is traced twice, as a 2-
 3-block copy of itself, with the tracker's peak *sites* on (see tracker.py): at a fixed site the
 bytes alive are affine in the number of blocks, so each site's bytes (by role and category) are
 extrapolated to L, and the phase peak is the largest site. tests/test_memory_extrapolation.py
-checks it against full traces to the byte; `predict(cfg, full=True)` traces all L blocks (gpt2-xl's
-step on an idle core: 6.9 s instead of 2.3 s; with `--suggest`, 68 s instead of 17 s). The blocks must be identical: a config whose
-`layer_types` mixes kinds is traced in full, as is one whose two shallow traces differ in sites.
+checks it against full traces to the byte; `predict(cfg, full=True)` traces all L blocks
+(gpt2-xl's step on an idle core: 6.9 s instead of 2.3 s; with `--suggest`, 68 s instead of 17 s).
+The blocks must be identical: a config whose `layer_types` mixes kinds is traced in full, as is
+one whose two shallow traces differ in sites.
 
 Known limitations:
     Attention runs the CPU kernels of the chosen `attn` implementation; on a GPU with flash
@@ -132,7 +133,7 @@ def predict(cfg: MemoryConfig, full: bool = False) -> Prediction:
     """
     t0 = time.perf_counter()
     depth = n_layers(cfg.hf_config)
-    if not full and depth > DEPTHS[1] and len(set(getattr(cfg.hf_config, "layer_types", None) or [0])) == 1:
+    if not full and depth > DEPTHS[1] and _identical_blocks(cfg.hf_config):
         found = _extrapolated(cfg, depth)
         if found is not None:
             phases, offloaded = found
@@ -148,6 +149,11 @@ def predict(cfg: MemoryConfig, full: bool = False) -> Prediction:
         else:
             phases[phase] = peak.by_role_category()
     return _prediction(cfg, phases, offloaded, t0, "traced")
+
+
+def _identical_blocks(hf: Any) -> bool:
+    """False when the config declares blocks of different kinds (`layer_types`, e.g. sliding window)."""
+    return len(set(getattr(hf, "layer_types", None) or ())) <= 1
 
 
 def _prediction(cfg: MemoryConfig, phases: dict, offloaded: dict, t0: float, method: str) -> Prediction:

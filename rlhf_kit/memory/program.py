@@ -218,14 +218,15 @@ def sample(lm: nn.Module, prompt: torch.Tensor, mask: torch.Tensor, new_tokens: 
     seq, cache, step_ids = prompt, None, prompt
     head, states = lm.get_output_embeddings(), []
     for i in range(new_tokens):
-        if jump and i == 2 and new_tokens > 3 and mark is not None:
-            mark("grow cache")
-        if jump and i == 2 and new_tokens > 3 and _grow_cache(cache, new_tokens - 3):
-            filler = torch.randint(0, 2, (seq.shape[0], new_tokens - 3), dtype=seq.dtype)
-            seq, mask = torch.cat([seq, filler], dim=1), torch.cat([mask, torch.ones_like(filler)], dim=1)
-            step_ids = seq[:, -1:]
-            states += [torch.empty_like(states[-1]) for _ in range(new_tokens - 3)]  # each step's state
-            i = new_tokens - 1
+        if jump and i == 2 and new_tokens > 3:
+            if mark is not None:
+                mark("grow cache")
+            if _grow_cache(cache, new_tokens - 3):  # else not a DynamicCache: step through instead
+                filler = torch.randint(0, 2, (seq.shape[0], new_tokens - 3), dtype=seq.dtype)
+                seq, mask = torch.cat([seq, filler], dim=1), torch.cat([mask, torch.ones_like(filler)], dim=1)
+                step_ids = seq[:, -1:]
+                states += [torch.empty_like(states[-1]) for _ in range(new_tokens - 3)]  # each step's state
+                i = new_tokens - 1
         if i >= new_tokens or seq.shape[1] >= prompt.shape[1] + new_tokens:
             break
         # the LM head on the last position only, as the kit's runner and generate() do
@@ -264,24 +265,19 @@ def _grow_cache(cache: Any, n: int) -> bool:
 
 
 def response_logprobs(lm: nn.Module, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int,
-                      v_head: nn.Module | None = None, entropy: bool = False) -> tuple[torch.Tensor, Any, Any]:
-    """log pi(a_t|s_t) of the response tokens (B, N), V(s_t) from the value head, and the entropy.
+                      v_head: nn.Module | None = None) -> tuple[torch.Tensor, Any]:
+    """log pi(a_t|s_t) of the response tokens (B, N) and V(s_t) from the value head (or None).
 
     The LM head runs on the N response positions only (not all T), in fp32, at temperature 1
     (no copy), as the kit's runner does; the log-prob's backward writes one (B, N, V) tensor.
+    No entropy: the runner logs the sampling pass's, and computes it here only with ent_coef > 0.
     """
     hidden = lm.base_model(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
     hidden = hidden[:, prompt_len - 1:-1]  # (B, N, H)
     logits = lm.get_output_embeddings()(hidden).float()  # (B, N, V)
     logp = _TokenLogprob.apply(logits, seq[:, prompt_len:])  # (B, N)
-    ent = None
-    if entropy:  # a statistic only (the runner's default ent_coef = 0): no autograd graph over (B, N, V)
-        with torch.no_grad():
-            lp = torch.log_softmax(logits, dim=-1)  # (B, N, V)
-            ent = -(lp.exp() * lp).sum(-1)  # (B, N)
-            del lp
     values = v_head(hidden.float()).squeeze(-1) if v_head is not None else None  # (B, N)
-    return logp, values, ent
+    return logp, values
 
 
 class _TokenLogprob(torch.autograd.Function):
@@ -342,7 +338,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     # step 2. scoring: old log-probs and values, reference log-probs, reward, advantages
     tracker.start_phase("scoring")
     with torch.no_grad():
-        old_logp, old_values, _ = response_logprobs(lm, seq, mask, P, models.v_head)  # (B, N) each
+        old_logp, old_values = response_logprobs(lm, seq, mask, P, models.v_head)  # (B, N) each
         if lora is not None:
             lora.enabled = False  # the reference is the base model: no second copy
             ref_logp = response_logprobs(lm, seq, mask, P)[0]
@@ -373,8 +369,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
     for mb in steps:
         for mu in list(_splits(mb.stop - mb.start, cfg.micro))[:2]:
             idx = slice(mb.start + mu.start, mb.start + mu.stop)
-            # no entropy: the runner logs the sampling pass's, and adds it to the loss only with ent_coef > 0
-            logp, values, ent = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head)
+            logp, values = response_logprobs(lm, seq[idx], mask[idx], P, models.v_head)
             if models.critic is not None:
                 values = models.critic(seq[idx], mask[idx], P)
             ratio = torch.exp(logp - old_logp[idx])  # (b, N)
@@ -382,7 +377,7 @@ def ppo_step(models: Models, optimizer: torch.optim.Optimizer, cfg: MemoryConfig
             pg = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
             vf = 0.5 * ((values - returns[idx]) ** 2).mean()
             ((pg + 0.1 * vf) / (cfg.mini // cfg.micro)).backward()
-            del logp, values, ratio, pg, vf, ent
+            del logp, values, ratio, pg, vf
         mark("clip")
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         mark("optimizer step")
